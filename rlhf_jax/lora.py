@@ -1,0 +1,170 @@
+"""LoRA as a separate pytree over frozen base weights.
+
+The adapter lives in its own Flax variable collection, ``"lora"``; its tree mirrors the base
+parameter tree: for every adapted dense layer at ``path`` the base holds ``path/kernel [Din, Dout]``
+and the adapter holds ``path/a [Din, R]`` and ``path/b [R, Dout]``. The adapted layer computes
+
+    y = x W + (alpha / R) * dropout(x) A B          (Hu et al. 2021, "LoRA")
+
+with ``B = 0`` at init, so the adapted model equals the base exactly. Passing the ``lora``
+collection to ``model.apply`` turns the adapter on; leaving it out gives the base (the reference
+model in PPO). Optimizer state is built over the adapter tree alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+ALL_LINEAR = (
+    # Llama family
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    # GPT-2 (fused qkv, attention output, MLP in/out)
+    "c_attn", "c_proj", "c_fc",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Which dense layers get an adapter, and how it is shaped and initialised."""
+
+    rank: int = 8
+    """R, the inner dimension of the low-rank update ``A B``."""
+    alpha: float = 16.0
+    """Scale numerator: the update is multiplied by ``alpha / rank``."""
+    targets: tuple[str, ...] = ALL_LINEAR
+    """Regular expressions matched against each dense layer's path (``layers_0/attn/q_proj``);
+    a layer is adapted when any pattern matches the end of its path. GPT-2's attention output
+    alone is ``"attn/c_proj"``."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input, active only when ``deterministic=False`` (needs a
+    ``"dropout"`` rng)."""
+    init: str = "kaiming"
+    """Init of ``A``: ``"kaiming"`` (uniform, bound sqrt(1/Din) * sqrt(3), as PEFT) or
+    ``"gaussian"`` (normal with std 1/R). ``B`` is always zero."""
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"LoraConfig.rank must be >= 1, got {self.rank}")
+        if self.init not in ("kaiming", "gaussian"):
+            raise ValueError(f"LoraConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def matches(self, path: str) -> bool:
+        """Whether the dense layer at ``path`` (names joined by ``/``) is adapted."""
+        return any(re.search(rf"(^|/){t}$", path) for t in self.targets)
+
+    def init_a(self, key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+        d_in, rank = shape
+        if self.init == "kaiming":
+            bound = float(np.sqrt(3.0 / d_in))
+            return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+        return jax.random.normal(key, shape, jnp.float32) / rank
+
+
+def init_lora(model, key: jax.Array, *, example_tokens: jax.Array | None = None) -> PyTree:
+    """A fresh adapter tree for ``model`` (a module built with ``lora=LoraConfig(...)``).
+
+    Shapes come from ``jax.eval_shape`` of the model's init, so no base weights are allocated.
+    ``A`` is random (per-leaf keys folded from ``key``), ``B`` zero.
+    """
+    if getattr(model, "lora", None) is None:
+        raise ValueError("init_lora: the model was built without a LoraConfig (model.lora is None)")
+    tokens = jnp.zeros((1, 1), jnp.int32) if example_tokens is None else example_tokens
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)
+    if "lora" not in shapes:
+        raise ValueError(f"init_lora: no layer matches LoRA targets {model.lora.targets}")
+    flat = jax.tree_util.tree_flatten_with_path(shapes["lora"])[0]
+    leaves = {}
+    for i, (path, leaf) in enumerate(flat):
+        names = tuple(p.key for p in path)
+        if names[-1] == "a":
+            leaves[names] = model.lora.init_a(jax.random.fold_in(key, i), leaf.shape)
+        else:
+            leaves[names] = jnp.zeros(leaf.shape, jnp.float32)
+    return _unflatten(leaves)
+
+
+def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+    tree: dict = {}
+    for names, value in flat.items():
+        node = tree
+        for n in names[:-1]:
+            node = node.setdefault(n, {})
+        node[names[-1]] = value
+    return tree
+
+
+def _flatten(tree: PyTree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def adapted_layers(lora: PyTree) -> list[tuple[str, ...]]:
+    """Paths of the dense layers that carry an adapter."""
+    return sorted({names[:-1] for names in _flatten(lora)})
+
+
+def merge_lora(base: PyTree, lora: PyTree, *, scale: float) -> PyTree:
+    """Fold the adapter into the base: ``W <- W + scale * A B`` (computed in float32, cast back
+    to W's dtype). Returns a new base tree; the inputs are untouched."""
+    flat_base = _flatten(base)
+    flat_lora = _flatten(lora)
+    merged = dict(flat_base)
+    for layer in adapted_layers(lora):
+        kpath = layer + ("kernel",)
+        if kpath not in flat_base:
+            raise KeyError(f"merge_lora: adapter layer {'/'.join(layer)} has no base kernel")
+        w = flat_base[kpath]
+        a, b = flat_lora[layer + ("a",)], flat_lora[layer + ("b",)]
+        if a.shape[0] != w.shape[0] or b.shape[1] != w.shape[1]:
+            raise ValueError(
+                f"merge_lora: adapter {'/'.join(layer)} has A {a.shape}, B {b.shape} but the "
+                f"base kernel is {w.shape}")
+        delta = jnp.asarray(a, jnp.float32) @ jnp.asarray(b, jnp.float32)
+        merged[kpath] = (jnp.asarray(w, jnp.float32) + scale * delta).astype(w.dtype)
+    return _unflatten(merged)
+
+
+def split_lora(merged: PyTree, base: PyTree, *, rank: int, alpha: float) -> PyTree:
+    """The reverse of :func:`merge_lora`: recover a rank-``rank`` adapter from a merged tree and
+    its base by a truncated SVD of each kernel difference (exact when the difference has rank
+    <= ``rank``). Layers whose kernels are unchanged get no adapter."""
+    scale = alpha / rank
+    flat_m, flat_b = _flatten(merged), _flatten(base)
+    out = {}
+    for path, w in flat_m.items():
+        if path[-1] != "kernel":
+            continue
+        diff = np.asarray(w, np.float64) - np.asarray(flat_b[path], np.float64)
+        if not np.any(diff):
+            continue
+        u, s, vt = np.linalg.svd(diff, full_matrices=False)
+        root = np.sqrt(s[:rank] / scale)
+        out[path[:-1] + ("a",)] = jnp.asarray(u[:, :rank] * root, jnp.float32)
+        out[path[:-1] + ("b",)] = jnp.asarray(root[:, None] * vt[:rank], jnp.float32)
+    return _unflatten(out)
+
+
+def tree_size(tree: PyTree) -> tuple[int, int]:
+    """(number of parameters, bytes) of every array leaf in ``tree``."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return (sum(int(np.prod(x.shape)) for x in leaves),
+            sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves))

@@ -1,0 +1,175 @@
+"""Load a local Hugging Face checkpoint folder: config.json + safetensors (single or sharded)
++ tokenizer files -> our ModelConfig, parameter pytree and a ``transformers`` tokenizer.
+
+Nothing is downloaded: a path that is not a local folder is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.model.config import ModelConfig, RopeScaling
+from rlhf_jax.model.hf_names import IGNORABLE_SUFFIXES, hf_name_table
+
+SUPPORTED = {"llama": "llama", "qwen2": "llama", "mistral": "llama", "gpt2": "gpt2"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file and tensors."""
+
+
+class Pretrained(NamedTuple):
+    config: ModelConfig
+    params: dict
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase or None
+
+
+def _check_folder(path: str) -> str:
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"{path!r} is not a local checkpoint folder. rlhf_jax never downloads from a hub: "
+            "save the model (config.json + *.safetensors + tokenizer files) to a local folder "
+            "and pass its path.")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise CheckpointError(f"{path}: no config.json")
+    return path
+
+
+def config_from_hf(hf: dict, *, dtype: str = "float32") -> ModelConfig:
+    """Our :class:`ModelConfig` from a Hugging Face ``config.json`` dict."""
+    mt = hf.get("model_type")
+    if mt not in SUPPORTED:
+        raise CheckpointError(f"unsupported architecture model_type={mt!r}; supported: "
+                              f"{sorted(SUPPORTED)}")
+    common = dict(vocab_size=hf["vocab_size"], dtype=dtype, bos_token_id=hf.get("bos_token_id"),
+                  eos_token_id=hf.get("eos_token_id"), pad_token_id=hf.get("pad_token_id"))
+    if mt == "gpt2":
+        for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+            if hf.get(key):
+                raise CheckpointError(f"gpt2 config option {key}=True is not supported")
+        return ModelConfig(arch="gpt2", hidden_size=hf["n_embd"], num_layers=hf["n_layer"],
+                           num_heads=hf["n_head"], intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+                           max_position_embeddings=hf["n_positions"], norm_eps=hf["layer_norm_epsilon"],
+                           activation=hf.get("activation_function", "gelu_new"),
+                           tie_word_embeddings=hf.get("tie_word_embeddings", True),
+                           qkv_bias=True, o_bias=True, mlp_bias=True, **common)
+    if hf.get("use_sliding_window"):
+        raise CheckpointError(f"{mt}: sliding-window attention is not supported")
+    rope = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    rtype = rope.get("rope_type", legacy.get("rope_type", legacy.get("type", "default")))
+    scaling = None
+    if rtype == "llama3":
+        src = rope if "factor" in rope else legacy
+        scaling = RopeScaling(factor=src["factor"], low_freq_factor=src["low_freq_factor"],
+                              high_freq_factor=src["high_freq_factor"],
+                              original_max_position_embeddings=src["original_max_position_embeddings"])
+    elif rtype not in ("default", None):
+        raise CheckpointError(f"{mt}: rope_type={rtype!r} is not supported (default, llama3)")
+    qkv_bias = mt == "qwen2" or bool(hf.get("attention_bias", False))
+    return ModelConfig(arch="llama", hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+                       num_heads=hf["num_attention_heads"],
+                       num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                       head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"],
+                       max_position_embeddings=hf.get("max_position_embeddings", 2048),
+                       rope_theta=float(theta), rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+                       qkv_bias=qkv_bias, o_bias=mt != "qwen2" and bool(hf.get("attention_bias", False)),
+                       mlp_bias=bool(hf.get("mlp_bias", False)), activation=hf.get("hidden_act", "silu"),
+                       tie_word_embeddings=hf.get("tie_word_embeddings", False), **common)
+
+
+def _read_tensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(single):
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
+                              "(PyTorch .bin checkpoints are not read; re-save with safe_serialization)")
+    out = {}
+    for name in files:
+        fp = os.path.join(path, name)
+        if not os.path.isfile(fp):
+            raise CheckpointError(f"{path}: shard {name} named in the index is missing")
+        with safe_open(fp, framework="flax") as f:
+            for key in f.keys():
+                out[key] = f.get_tensor(key)
+    return out
+
+
+def _normalise_names(tensors: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
+    """GPT-2 checkpoints saved from ``GPT2Model`` lack the ``transformer.`` prefix; Llama ones saved
+    from the bare model lack ``model.``."""
+    prefix = "transformer." if config.arch == "gpt2" else "model."
+    out = {}
+    for k, v in tensors.items():
+        if k.startswith(prefix) or k.startswith("lm_head") or k.startswith("score") or k.startswith("model."):
+            out[k] = v
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def params_from_tensors(tensors: dict[str, Any], config: ModelConfig, *, source: str = "checkpoint"
+                        ) -> dict:
+    """Our parameter tree from Hugging Face tensors; errors name missing and unexpected tensors."""
+    tensors = _normalise_names(tensors, config)
+    table = hf_name_table(config)
+    wanted = {hf for hf, _ in table.values()}
+    missing = sorted(w for w in wanted if w not in tensors)
+    if missing:
+        raise CheckpointError(f"{source}: missing tensors {missing}")
+    unexpected = sorted(k for k in tensors if k not in wanted and not k.endswith(IGNORABLE_SUFFIXES)
+                        and not (k == "lm_head.weight" and config.tie_word_embeddings))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensors {unexpected} for arch {config.arch!r}")
+    dt = config.jnp_dtype
+    params: dict = {}
+    for path, (hf, transpose) in table.items():
+        x = jnp.asarray(tensors[hf])
+        x = x.T if transpose else x
+        node = params
+        for n in path[:-1]:
+            node = node.setdefault(n, {})
+        node[path[-1]] = x.astype(dt)
+    return params
+
+
+def load_pretrained(path: str, *, dtype: str = "float32", tokenizer: bool = True) -> Pretrained:
+    """Load a local Hugging Face folder into ``(config, params, tokenizer)``.
+
+    Args:
+      path: a folder with ``config.json`` and ``model.safetensors`` (or a sharded index).
+      dtype: parameter dtype, ``float32`` or ``bfloat16``.
+      tokenizer: also load the tokenizer files with ``transformers.AutoTokenizer`` (offline).
+    """
+    path = _check_folder(path)
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    config = config_from_hf(hf, dtype=dtype)
+    params = params_from_tensors(_read_tensors(path), config, source=path)
+    tok = load_tokenizer(path) if tokenizer else None
+    return Pretrained(config, params, tok)
+
+
+def load_tokenizer(path: str):
+    """A ``transformers`` tokenizer from local files only."""
+    from transformers import AutoTokenizer
+
+    _check_folder(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # transformers raises several types for missing files
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e

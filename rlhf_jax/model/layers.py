@@ -1,0 +1,120 @@
+"""Building blocks: a dense layer with an optional LoRA adapter, norms, rotary embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from rlhf_jax.lora import LoraConfig
+from rlhf_jax.model.config import ModelConfig
+
+
+class Dense(nn.Module):
+    """``y = x W (+ b)`` with kernel ``[Din, Dout]``; when ``lora`` targets this layer's path and
+    the ``"lora"`` collection is present, adds ``(alpha/R) * dropout(x) A B``."""
+
+    features: int
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    lora: LoraConfig | None = None
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "... Din"], deterministic: bool = True) -> Float[Array, "... Dout"]:
+        d_in = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (d_in, self.features),
+                            self.dtype)
+        y = jnp.einsum("...i,io->...o", x, kernel.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
+        path = "/".join(self.scope.path)
+        if self.lora is not None and self.lora.matches(path) and (
+                self.is_initializing() or self.has_variable("lora", "a")):
+            cfg = self.lora
+            a = self.variable("lora", "a", lambda: cfg.init_a(self.make_rng("params"), (d_in, cfg.rank))).value
+            b = self.variable("lora", "b", lambda: jnp.zeros((cfg.rank, self.features), jnp.float32)).value
+            h = x
+            if cfg.dropout > 0.0:
+                h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+            delta = jnp.einsum("...i,ir,ro->...o", h.astype(jnp.float32), a, b)
+            y = y + (cfg.scale * delta).astype(y.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * scale`` with statistics in float32 (Zhang & Sennrich 2019)."""
+
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """``(x - mean) / sqrt(var + eps) * scale + bias``, statistics in float32."""
+
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,), self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (d,), self.dtype)
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def activation(name: str):
+    if name == "silu":
+        return jax.nn.silu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unsupported activation {name!r} (silu, gelu, gelu_new, gelu_pytorch_tanh, relu)")
+
+
+def rope_frequencies(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies ``theta^(-2i/H)`` [H/2], with Llama-3 scaling when configured."""
+    h = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (np.arange(0, h, 2, dtype=np.float64) / h))
+    sc = config.rope_scaling
+    if sc is None:
+        return inv.astype(np.float32)
+    low_wavelen = sc.original_max_position_embeddings / sc.low_freq_factor
+    high_wavelen = sc.original_max_position_embeddings / sc.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
+    smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
+        sc.high_freq_factor - sc.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: Float[Array, "B T N H"], positions: Int[Array, "B T"],
+               inv_freq: np.ndarray) -> Float[Array, "B T N H"]:
+    """Rotary position embedding, half-split ("rotate_half") layout as in Hugging Face Llama."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # B T H/2
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
