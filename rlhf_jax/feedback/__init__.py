@@ -1,0 +1,117 @@
+"""Human-feedback data: formats, validation, labeler consensus, pairs and tokenised batches.
+
+Formats (JSONL or `datasets`): ranked feedback (one record per prompt, several labelers' ranks),
+binary thumbs up/down, and pairwise records; see `rlhf_jax.feedback.records`.
+"""
+
+from rlhf_jax.feedback.batches import (
+    BatchConfig,
+    BatchReport,
+    PairBatch,
+    RankingBatch,
+    SequenceBatch,
+    encode_pairs,
+    encode_rankings,
+    encode_sequences,
+    pad_token_id,
+)
+from rlhf_jax.feedback.consensus import (
+    AgreementTable,
+    ConsensusConfig,
+    ConsensusResult,
+    LabelerAgreement,
+    PromptConsensus,
+    agreement_table,
+    build_consensus,
+    consensus_of,
+    fractional_ranks,
+)
+from rlhf_jax.feedback.errors import FeedbackError, ValidationReport
+from rlhf_jax.feedback.instructions import LABELER_INSTRUCTIONS_ID, labeler_instructions
+from rlhf_jax.feedback.pairs import (
+    PairsReport,
+    RankingPairs,
+    binary_to_pairs,
+    consensus_to_pairs,
+    feedback_to_pairs,
+    ranking_to_pairs,
+)
+from rlhf_jax.feedback.records import BinaryFeedback, Label, PairRecord, RankedFeedback
+from rlhf_jax.feedback.stats import RankedStats, binary_stats, pairwise_stats, ranked_stats
+from rlhf_jax.feedback.storage import (
+    BINARY_FEATURES,
+    PAIR_FEATURES,
+    RANKED_FEATURES,
+    load_pairs,
+    read_binary,
+    read_feedback,
+    read_pairwise,
+    read_ranked,
+    records_from_dataset,
+    records_to_dataset,
+    save_pairs,
+    write_jsonl,
+)
+from rlhf_jax.feedback.validate import (
+    detect_kind,
+    parse_binary,
+    parse_pairwise,
+    parse_ranked,
+    split_common_prefix,
+)
+
+__all__ = [
+    "AgreementTable",
+    "BINARY_FEATURES",
+    "BatchConfig",
+    "BatchReport",
+    "BinaryFeedback",
+    "ConsensusConfig",
+    "ConsensusResult",
+    "FeedbackError",
+    "LABELER_INSTRUCTIONS_ID",
+    "Label",
+    "LabelerAgreement",
+    "PAIR_FEATURES",
+    "PairBatch",
+    "PairRecord",
+    "PairsReport",
+    "PromptConsensus",
+    "RANKED_FEATURES",
+    "RankedFeedback",
+    "RankedStats",
+    "RankingBatch",
+    "RankingPairs",
+    "SequenceBatch",
+    "ValidationReport",
+    "agreement_table",
+    "binary_stats",
+    "binary_to_pairs",
+    "build_consensus",
+    "consensus_of",
+    "consensus_to_pairs",
+    "detect_kind",
+    "encode_pairs",
+    "encode_rankings",
+    "encode_sequences",
+    "feedback_to_pairs",
+    "fractional_ranks",
+    "labeler_instructions",
+    "load_pairs",
+    "pad_token_id",
+    "pairwise_stats",
+    "parse_binary",
+    "parse_pairwise",
+    "parse_ranked",
+    "ranked_stats",
+    "ranking_to_pairs",
+    "read_binary",
+    "read_feedback",
+    "read_pairwise",
+    "read_ranked",
+    "records_from_dataset",
+    "records_to_dataset",
+    "save_pairs",
+    "split_common_prefix",
+    "write_jsonl",
+]
