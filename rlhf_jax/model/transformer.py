@@ -56,8 +56,12 @@ class Attention(nn.Module):
     config: ModelConfig
     lora: LoraConfig | None = None
 
+    layer: int = 0
+
     @nn.compact
-    def __call__(self, x, positions, visible, layer_cache, write_index, deterministic=True):
+    def __call__(self, x, positions, visible, kv_cache, write_index, deterministic=True):
+        """``kv_cache``: ``None`` or the full ``(keys, values)`` buffers ``[L, B, S, K, H]``; this
+        layer writes its new keys/values in place (``dynamic_update_slice``) and returns them."""
         c = self.config
         dt = c.jnp_dtype
         b, t, _ = x.shape
@@ -75,12 +79,13 @@ class Attention(nn.Module):
             inv_freq = rope_frequencies(c)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         new_cache = None
-        if layer_cache is not None:
-            ck, cv = layer_cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+        if kv_cache is not None:
+            ck, cv = kv_cache
+            at = (self.layer, 0, write_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
             new_cache = (ck, cv)
-            k, v = ck.astype(dt), cv.astype(dt)
+            k, v = ck[self.layer].astype(dt), cv[self.layer].astype(dt)
         out = attend(q, k, v, visible).reshape(b, t, n * h)
         if c.arch == "gpt2":
             out = dense(c.hidden_size, True, "c_proj")(out, deterministic)
@@ -115,11 +120,12 @@ def _norm(config: ModelConfig, name: str):
 class Block(nn.Module):
     config: ModelConfig
     lora: LoraConfig | None = None
+    layer: int = 0
 
     @nn.compact
-    def __call__(self, x, positions, visible, layer_cache, write_index, deterministic=True):
-        attn_out, new_cache = Attention(self.config, self.lora, name="attn")(
-            _norm(self.config, "attn_norm")(x), positions, visible, layer_cache, write_index, deterministic)
+    def __call__(self, x, positions, visible, kv_cache, write_index, deterministic=True):
+        attn_out, new_cache = Attention(self.config, self.lora, self.layer, name="attn")(
+            _norm(self.config, "attn_norm")(x), positions, visible, kv_cache, write_index, deterministic)
         x = x + attn_out
         x = x + MLP(self.config, self.lora, name="mlp")(_norm(self.config, "mlp_norm")(x), deterministic)
         return x, new_cache
@@ -175,14 +181,10 @@ class Transformer(nn.Module):
             x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=dt, param_dtype=dt,
                              embedding_init=nn.initializers.normal(0.01), name="pos_embed")(positions)
 
-        new_keys, new_values = [], []
+        kv_cache = None if cache is None else (cache.keys, cache.values)
         for i in range(c.num_layers):
-            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, lc = Block(c, self.lora, name=f"layers_{i}")(x, positions, visible, layer_cache,
-                                                           write_index, deterministic)
-            if lc is not None:
-                new_keys.append(lc[0])
-                new_values.append(lc[1])
+            x, kv_cache = Block(c, self.lora, i, name=f"layers_{i}")(x, positions, visible, kv_cache,
+                                                                    write_index, deterministic)
         hidden = _norm(c, "final_norm")(x)
 
         logits = None
@@ -195,5 +197,5 @@ class Transformer(nn.Module):
                 logits = jnp.einsum("BTD,DV->BTV", hidden, kernel, preferred_element_type=jnp.float32)
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(jnp.stack(new_keys), jnp.stack(new_values), key_mask, write_index + t)
+            new_cache = KVCache(kv_cache[0], kv_cache[1], key_mask, write_index + t)
         return ModelOutput(logits, hidden if return_hidden else None, new_cache)
