@@ -1,0 +1,24 @@
+"""Rollouts: batched, EOS-aware sampling with a KV cache (prefill + ``lax.while_loop`` decode).
+
+``generate`` is a plain function (jit it yourself); ``Sampler`` jits it once per prompt shape;
+``left_pad`` / ``bucket_prompts`` keep the number of prompt shapes small.
+"""
+
+from rlhf_jax.rollout.bucketing import PromptBatch, bucket_length, bucket_prompts, bucket_sizes, left_pad
+from rlhf_jax.rollout.config import SamplingConfig
+from rlhf_jax.rollout.generate import Rollout, check_lengths, generate, token_logprob
+from rlhf_jax.rollout.sampler import Sampler, make_generate_fn
+from rlhf_jax.rollout.sampling import (
+    categorical,
+    filtered_logits,
+    greedy,
+    make_rule,
+    top_k_filter,
+    top_p_filter,
+)
+
+__all__ = [
+    "PromptBatch", "Rollout", "Sampler", "SamplingConfig", "bucket_length", "bucket_prompts",
+    "bucket_sizes", "categorical", "check_lengths", "filtered_logits", "generate", "greedy",
+    "left_pad", "make_generate_fn", "make_rule", "token_logprob", "top_k_filter", "top_p_filter",
+]
