@@ -1,0 +1,128 @@
+"""LoRA: a separate `lora` collection over a frozen base."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlhf_jax.lora import LoraConfig, adapted_layers, init_lora, merge_lora, split_lora, tree_size
+from rlhf_jax.model import ModelConfig, Transformer
+
+LLAMA = ModelConfig(arch="llama", vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
+                    num_kv_heads=2, intermediate_size=48)
+GPT2 = ModelConfig(arch="gpt2", vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
+                   max_position_embeddings=32, qkv_bias=True, o_bias=True, mlp_bias=True,
+                   tie_word_embeddings=True, activation="gelu_new", norm_eps=1e-5)
+
+
+def _setup(cfg, lcfg=LoraConfig(rank=4, alpha=8.0)):
+    model = Transformer(cfg, lora=lcfg)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, cfg.vocab_size)
+    base = Transformer(cfg).init(jax.random.PRNGKey(0), tokens)["params"]
+    lora = init_lora(model, jax.random.PRNGKey(2))
+    return model, base, lora, tokens
+
+
+def _lm_loss(model, base, lora, tokens):
+    logits = model.apply({"params": base, "lora": lora}, tokens).logits
+    logp = jax.nn.log_softmax(logits[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1))
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, GPT2], ids=["llama", "gpt2"])
+def test_adapter_tree_structure_and_identity_at_init(cfg):
+    model, base, lora, tokens = _setup(cfg)
+    layers = adapted_layers(lora)
+    expected = (["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.arch == "llama" else ["c_attn", "c_proj"])
+    for i in range(cfg.num_layers):
+        for name in expected:
+            assert (f"layers_{i}", "attn", name) in layers
+    for layer in layers:  # every adapter: A [Din, R] random, B [R, Dout] zero
+        node = lora
+        for n in layer:
+            node = node[n]
+        assert node["a"].shape[1] == 4 and node["b"].shape[0] == 4
+        assert not np.any(np.asarray(node["b"]))
+    with_adapter = model.apply({"params": base, "lora": lora}, tokens).logits
+    without = model.apply({"params": base}, tokens).logits
+    np.testing.assert_array_equal(np.asarray(with_adapter), np.asarray(without))
+
+
+def test_targets_select_layers():
+    model, _, lora, _ = _setup(GPT2, LoraConfig(rank=2, targets=("attn/c_proj",)))
+    assert adapted_layers(lora) == [("layers_0", "attn", "c_proj"), ("layers_1", "attn", "c_proj")]
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, GPT2], ids=["llama", "gpt2"])
+def test_training_the_adapter_leaves_base_bit_identical_and_merge_matches(cfg):
+    model, base, lora, tokens = _setup(cfg)
+    base_before = jax.tree_util.tree_map(np.array, base)
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(lora)
+    n_lora, _ = tree_size(lora)
+    # Adam keeps two moments per trainable parameter (+ a step count): nothing for the base.
+    n_state = sum(x.size for x in jax.tree_util.tree_leaves(opt_state))
+    assert n_state == 2 * n_lora + 1
+
+    @jax.jit
+    def step(lora, opt_state):
+        loss, grads = jax.value_and_grad(lambda l: _lm_loss(model, base, l, tokens))(lora)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(lora, updates), opt_state, loss
+
+    losses = []
+    for _ in range(5):
+        lora, opt_state, loss = step(lora, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, base_before, jax.tree_util.tree_map(np.array, base))
+
+    merged = merge_lora(base, lora, scale=model.lora.scale)
+    adapted = model.apply({"params": base, "lora": lora}, tokens).logits
+    from_merged = Transformer(cfg).apply({"params": merged}, tokens).logits
+    assert np.max(np.abs(np.asarray(adapted) - np.asarray(from_merged))) <= 1e-5
+    assert np.max(np.abs(np.asarray(adapted) - np.asarray(model.apply({"params": base}, tokens).logits))) > 1e-4
+
+    # split recovers an adapter with the same product A B (rank-4 update, exact up to float32)
+    back = split_lora(merged, base, rank=4, alpha=8.0)
+    for layer in adapted_layers(lora):
+        a0, b0 = (lora, back)
+        for n in layer:
+            a0, b0 = a0[n], b0[n]
+        np.testing.assert_allclose(np.asarray(a0["a"] @ a0["b"]), np.asarray(b0["a"] @ b0["b"]), atol=1e-5)
+
+
+def test_gradients_reach_only_the_adapter():
+    model, base, lora, tokens = _setup(LLAMA)
+    g_lora = jax.grad(lambda l: _lm_loss(model, base, l, tokens))(lora)
+    # At init B = 0, so dL/dA = 0 and dL/dB != 0 for every adapted layer.
+    for layer in adapted_layers(g_lora):
+        node = g_lora
+        for n in layer:
+            node = node[n]
+        assert np.any(np.asarray(node["b"]))
+        assert np.all(np.isfinite(np.asarray(node["a"])))
+    # The base is a closed-over constant of that function: the same gradient computed over
+    # (base, lora) with the base wrapped in stop_gradient is zero for the base.
+    g_base, _ = jax.grad(lambda b, l: _lm_loss(model, jax.lax.stop_gradient(b), l, tokens), argnums=(0, 1))(base, lora)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(g_base))
+
+
+def test_dropout_only_when_not_deterministic():
+    model, base, lora, tokens = _setup(LLAMA, LoraConfig(rank=4, dropout=0.5))
+    lora = jax.tree_util.tree_map(lambda x: x + 0.1, lora)  # make B nonzero
+    v = {"params": base, "lora": lora}
+    det = model.apply(v, tokens).logits
+    np.testing.assert_array_equal(np.asarray(det), np.asarray(model.apply(v, tokens).logits))
+    drop = model.apply(v, tokens, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)}).logits
+    assert np.max(np.abs(np.asarray(drop) - np.asarray(det))) > 1e-4
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="rank"):
+        LoraConfig(rank=0)
+    with pytest.raises(ValueError, match="init"):
+        LoraConfig(init="xavier")
+    with pytest.raises(ValueError, match="without a LoraConfig"):
+        init_lora(Transformer(LLAMA), jax.random.PRNGKey(0))
