@@ -145,3 +145,13 @@ def test_write_jsonl_round_trip(tmp_path):
     assert fb.write_jsonl(ranked, out) == 2
     assert json.loads(out.read_text().splitlines()[0])["labels"][0]["ranking"] == [2, 1, None]
     assert fb.read_ranked(out)[0] == ranked
+
+
+@pytest.mark.parametrize("name,kind", [("binary_good.jsonl", "binary"),
+                                       ("pairwise_good.jsonl", "pairwise")])
+def test_dataset_round_trip_binary_and_pairwise(name, kind):
+    records, _ = fb.read_feedback(DATA / name, kind=kind)
+    ds = fb.records_to_dataset(records)
+    assert ds.features == {"binary": fb.BINARY_FEATURES, "pairwise": fb.PAIR_FEATURES}[kind]
+    back, report = fb.records_from_dataset(ds, kind=kind)
+    assert back == records and report.ok

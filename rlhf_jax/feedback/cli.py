@@ -27,8 +27,7 @@ from rlhf_jax.feedback.validate import KINDS
 
 
 def _read(args: argparse.Namespace, *, strict: bool):
-    records, report = read_feedback(args.file, kind=args.kind, strict=strict)
-    return records, report
+    return read_feedback(args.file, kind=args.kind, strict=strict)
 
 
 def _print_skipped(report: ValidationReport) -> None:

@@ -26,6 +26,7 @@ without that labeler.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -317,8 +318,8 @@ def build_consensus(records: Sequence[RankedFeedback], *,
         excluded = {r.labeler for r in table.rows
                     if r.agreement is not None and r.agreement < config.min_agreement}
         table = AgreementTable(rows=tuple(
-            LabelerAgreement(**{**r.__dict__, "excluded": r.labeler in excluded})
-            for r in table.rows), method=table.method)
+            dataclasses.replace(r, excluded=r.labeler in excluded) for r in table.rows),
+            method=table.method)
     prompts: list[PromptConsensus] = []
     dropped: list[str] = []
     for rec in records:
