@@ -82,9 +82,13 @@ def ppo_policy_loss(
         dual_clipped = (adv < 0) & (per_token > bound)
         per_token = jnp.where(adv < 0, jnp.minimum(per_token, bound), per_token)
     loss = masked_aggregate(per_token, mask, aggregation=aggregation)
+    # The clipped term is the larger one exactly when the ratio left the trust region in the
+    # direction the advantage pushes it. (Comparing ``clipped > unclipped`` instead flips on
+    # round-off inside the region, where the two are mathematically equal.)
+    clip_active = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - clip_eps))
     metrics = {
         "policy_loss": loss,
-        "clip_frac": masked_mean(clipped > unclipped, mask),
+        "clip_frac": masked_mean(clip_active, mask),
         "dual_clip_frac": masked_mean(dual_clipped, mask),
         "approx_kl": masked_mean(jnp.expm1(log_ratio) - log_ratio, mask),
         "ratio_mean": masked_mean(ratio, mask),
@@ -106,7 +110,7 @@ def ppo_value_loss(
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """PPO clipped value loss, per token.
 
-        V_clip_t = old_V_t + clip(V_t - old_V_t, -eps, eps)
+        V_clip_t = clip(V_t, old_V_t - eps, old_V_t + eps)
         L_t      = 0.5 * max((V_t - R_t)^2, (V_clip_t - R_t)^2)
 
     (the OpenAI baselines / TRL form; ``clip_eps=None`` gives the plain ``0.5 (V - R)^2``).
@@ -132,8 +136,9 @@ def ppo_value_loss(
     if clip_eps is None:
         err_clipped = err
     else:
-        v_clipped = old_v + jnp.clip(v - old_v, -clip_eps, clip_eps)
-        err_clipped = jnp.square(v_clipped - ret)
+        # clip(V, old - eps, old + eps) is V itself, bit for bit, inside the range
+        v_clipped = jnp.clip(v, old_v - clip_eps, old_v + clip_eps)
+        err_clipped = jnp.where(v_clipped == v, err, jnp.square(v_clipped - ret))
     per_token = 0.5 * jnp.maximum(err, err_clipped)
     loss = masked_aggregate(per_token, mask, aggregation=aggregation)
     metrics = {
