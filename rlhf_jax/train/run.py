@@ -1,0 +1,168 @@
+"""What every trainer shares around its step: the run config, metrics to JSONL + TensorBoard, a
+progress bar, PNG plots, and orbax checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Where a run writes, how often it logs and checkpoints."""
+
+    out_dir: str | None = None
+    """Folder for metrics (``metrics.jsonl``, TensorBoard events), plots and checkpoints;
+    ``None``: nothing written."""
+    seed: int = 0
+    """Seed of the run key and of the data order."""
+    max_steps: int = 100
+    """Stop after this many updates."""
+    checkpoint_every: int = 0
+    """Save the full training state every N steps (0: never)."""
+    keep_checkpoints: int = 2
+    """Keep the last K checkpoints."""
+    resume: bool = True
+    """Continue from the latest checkpoint in ``out_dir/checkpoints`` if there is one."""
+    progress: bool = True
+    """Show a progress bar with the key figures."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files."""
+
+
+class MetricsLogger:
+    """Per-step metrics to ``metrics.jsonl`` (and TensorBoard), a tqdm bar, PNG plots at the end."""
+
+    def __init__(self, config: RunConfig, *, name: str, keys: Sequence[str], total: int, initial: int = 0):
+        self.config = config
+        self.name = name
+        self.keys = tuple(keys)
+        self.history: list[dict[str, float]] = []
+        self._file = self._tb = None
+        if config.out_dir:
+            os.makedirs(config.out_dir, exist_ok=True)
+            path = os.path.join(config.out_dir, "metrics.jsonl")
+            if initial == 0 and os.path.exists(path):
+                os.remove(path)
+            elif initial > 0 and os.path.exists(path):  # resumed: keep the steps before the checkpoint
+                with open(path) as f:
+                    rows = [json.loads(line) for line in f if line.strip()]
+                self.history = [r for r in rows if r["step"] < initial]
+                with open(path, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in self.history)
+            self._file = open(path, "a")
+            if config.tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(config.out_dir, "tensorboard"))
+        self._bar = None
+        if config.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=name, file=sys.stderr, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
+        row = {"step": int(step)}
+        row.update({k: float(v) for k, v in jax.device_get(metrics).items()})
+        self.history.append(row)
+        if self._file:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        if self._tb:
+            for k, v in row.items():
+                if k != "step":
+                    self._tb.add_scalar(f"{self.name}/{k}", v, row["step"])
+        if self._bar:
+            self._bar.set_postfix({k: f"{row[k]:.4g}" for k in self.keys if k in row}, refresh=False)
+            self._bar.update(1)
+        return row
+
+    def close(self, plot_keys: Sequence[str] | None = None) -> str | None:
+        if self._bar:
+            self._bar.close()
+        if self._tb:
+            self._tb.close()
+        if self._file:
+            self._file.close()
+        if self.config.out_dir and self.history:
+            return plot_curves(self.history, plot_keys or self.keys,
+                               os.path.join(self.config.out_dir, f"{self.name}_curves.png"), title=self.name)
+        return None
+
+
+def plot_curves(history: Sequence[dict[str, float]], keys: Sequence[str], path: str, *, title: str = "") -> str:
+    """One panel per metric over steps, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in r for r in history)]
+    cols = min(3, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        pts = [(r["step"], r[k]) for r in history if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+class Checkpoints:
+    """Orbax checkpoints of a pytree (the training state) under ``out_dir/checkpoints``."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.manager = None
+        if config.out_dir and (config.checkpoint_every > 0 or config.resume):
+            import orbax.checkpoint as ocp
+
+            path = os.path.abspath(os.path.join(config.out_dir, "checkpoints"))
+            self.manager = ocp.CheckpointManager(
+                path, options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+
+    def latest_step(self) -> int | None:
+        return None if self.manager is None else self.manager.latest_step()
+
+    def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
+        every = self.config.checkpoint_every
+        if self.manager is None or every <= 0 or (step % every and not force):
+            return False
+        import orbax.checkpoint as ocp
+
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+        return True
+
+    def restore(self, template: Any) -> tuple[Any, int] | None:
+        """``(state, step)`` from the latest checkpoint, or ``None``."""
+        step = self.latest_step() if self.config.resume else None
+        if step is None:
+            return None
+        import orbax.checkpoint as ocp
+
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+
+    def close(self):
+        if self.manager is not None:
+            self.manager.close()
+
+
+def to_numpy_tree(tree: Any) -> Any:
+    return jax.tree_util.tree_map(np.asarray, tree)
