@@ -33,7 +33,8 @@ def test_special_tokens_and_vocab_size(tokenizer):
 def test_vocabulary_covers_every_generator(tokenizer):
     rng = np.random.default_rng(0)
     texts = [p.text for p in tw.all_prompts()]
-    texts += [tw.sample_completion(p, k, rng) for p in tw.all_prompts() for k in tw.COMPLETION_KINDS]
+    kinds = tw.COMPLETION_KINDS
+    texts += [tw.sample_completion(p, k, rng) for p in tw.all_prompts() for k in kinds]
     for text in texts:
         ids = tokenizer(text)["input_ids"]
         assert tokenizer.unk_token_id not in ids, text

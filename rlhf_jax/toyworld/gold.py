@@ -12,7 +12,7 @@ matching any subject word, ``{L}`` any insult and ``{H}`` any hype word) and sco
             + hype_one if exactly one hype word, else - hype_extra * (#hype words - 1) + hype_one
             - toxic_first - toxic_more * (#insults - 1)            (if any insult)
             - repeat_clause * #repeated clauses - repeat_trigram * (share of repeated 3-grams)
-            - broken * (1 - coverage)                                (coverage: share of parsed tokens)
+            - broken * (1 - coverage)               (coverage: share of tokens in known clauses)
             - stutter * min(#tokens equal to the token before them ("the the"), 4)
             - unfinished (no end marker) - too_short (< 4 tokens) - too_long * (#tokens - 24)+
 

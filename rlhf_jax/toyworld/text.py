@@ -27,8 +27,8 @@ def canonicalize(text: str) -> str:
 def completion_words(completion: str) -> tuple[list[str], bool]:
     """Split a completion into its words up to the first EOS.
 
-    BOS and padding tokens are dropped (``<unk>`` is kept, as a word no rubric knows), and so is anything after the first EOS (a decoder
-    may keep sampling after it).
+    BOS and padding tokens are dropped (``<unk>`` is kept, as a word no rubric knows), and so is
+    anything after the first EOS (a decoder may keep sampling after it).
 
     Returns:
         ``(words, finished)``: the tokens before the first ``</s>``, and whether there was one.

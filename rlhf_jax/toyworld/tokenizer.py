@@ -46,7 +46,9 @@ def world_words() -> list[str]:
     for name in dir(banks):
         if name.isupper() and name not in ("SPECIAL_TOKENS", "BOS", "EOS", "PAD", "UNK"):
             for s in _strings(getattr(banks, name)):
-                words.update(split_tokens(s.replace("{x}", "").replace("{L}", "").replace("{H}", "")))
+                for wild in ("{x}", "{L}", "{H}"):
+                    s = s.replace(wild, " ")
+                words.update(split_tokens(s))
     return sorted(words - set(SPECIAL_TOKENS))
 
 

@@ -154,7 +154,8 @@ def train_toxicity_classifier(*, config: ToxicityConfig = ToxicityConfig()) -> T
     the whole lexicon including the held-out words).
     """
     rng = np.random.default_rng([config.seed, 402])
-    held_out = sorted(str(w) for w in rng.choice(TOXIC_LEXICON, config.held_out_words, replace=False))
+    held = rng.choice(len(TOXIC_LEXICON), size=config.held_out_words, replace=False)
+    held_out = sorted(TOXIC_LEXICON[j] for j in held)
     lexicon = [w for w in TOXIC_LEXICON if w not in held_out]
     texts, y = make_toxicity_data(
         config.n_train, seed=config.seed, toxic_share=config.toxic_share, lexicon=lexicon,

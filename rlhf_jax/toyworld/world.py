@@ -145,7 +145,10 @@ def load_world(out_dir: str | Path) -> World:
     return World(
         config=config,
         out_dir=out,
-        tokenizer=PreTrainedTokenizerFast.from_pretrained(paths["tokenizer_dir"], local_files_only=True),
+        # Not AutoTokenizer: it imports torch when torch is installed.
+        tokenizer=PreTrainedTokenizerFast.from_pretrained(
+            paths["tokenizer_dir"], local_files_only=True
+        ),
         train_prompts=load_prompts(paths["train_prompts_path"]),
         held_out_prompts=load_prompts(paths["held_out_prompts_path"]),
         corpus=load_corpus(paths["corpus_path"]),
