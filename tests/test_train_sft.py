@@ -1,0 +1,81 @@
+"""SFT trainer: completion-only loss, LoRA merged into the new base, exact resume, metrics files."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.lora import LoraConfig
+from rlhf_jax.model import Transformer
+from rlhf_jax.train import OptimConfig, RunConfig, SFTConfig, encode_sft, lm_loss, train_sft
+from tests.trainer_fixtures import tiny_base, tiny_config, tiny_tokenizer
+
+PROMPTS = [f"w{i % 5} w{(i + 1) % 5}" for i in range(40)]
+COMPLETIONS = [f"w{10 + i % 5} w{10 + (i + 2) % 5} w15" for i in range(40)]
+
+
+def test_loss_mask_covers_completion_and_eos_only():
+    tok = tiny_tokenizer()
+    data, report = encode_sft(tok, ["w1 w2"], ["w3"], max_length=6)
+    # left padded: [pad, pad, w1, w2, w3, </s>]; the loss mask marks w3 and </s>
+    np.testing.assert_array_equal(data.input_ids[0], [0, 0, 5, 6, 7, 2])
+    np.testing.assert_array_equal(data.loss_mask[0], [0, 0, 0, 0, 1, 1])
+    assert report.skipped == 0
+    # hand-made logits: 10 for w3 and </s>, 0 for the 18 other words, at every position, so
+    # p(w3) = p(</s>) = e^10 / (2 e^10 + 18) and the loss is log(2 + 18 e^-10) ~= log 2
+    logits = jnp.zeros((1, 6, 20)).at[..., 7].set(10.0).at[..., 2].set(10.0)
+    loss, _ = lm_loss(logits, jnp.asarray(data.input_ids), jnp.asarray(data.loss_mask))
+    np.testing.assert_allclose(float(loss), np.log(2.0 + 18.0 * np.exp(-10.0)), rtol=1e-5)
+
+
+def test_too_long_completion_is_skipped_and_counted():
+    tok = tiny_tokenizer()
+    _, report = encode_sft(tok, ["w1"], ["w1 w2 w3 w4 w5 w6 w7"], max_length=5)
+    assert report.skipped == 1 and report.kept == 0
+
+
+def test_lora_sft_learns_merges_and_resumes_exactly(tmp_path):
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    base = tiny_base(cfg)
+    base_copy = jax.tree_util.tree_map(np.array, base)
+    sft = lambda out, steps, **kw: train_sft(cfg, base, tok, PROMPTS, COMPLETIONS, SFTConfig(
+        lora=LoraConfig(rank=4, alpha=8.0), batch_size=8, max_length=10, eval_fraction=0.2,
+        optim=OptimConfig(learning_rate=1e-2),
+        run=RunConfig(max_steps=steps, out_dir=str(out), progress=False, **kw)))
+    full = sft(tmp_path / "full", 8)
+    assert full.history[-1]["loss"] < 0.7 * full.history[0]["loss"]
+    assert np.isfinite(full.eval["eval_perplexity"])
+    # the base given in is untouched; the merged base reproduces base + adapter
+    jax.tree_util.tree_map(np.testing.assert_array_equal, base_copy, jax.tree_util.tree_map(np.array, base))
+    tokens = jnp.asarray(encode_sft(tok, PROMPTS[:4], COMPLETIONS[:4], max_length=10)[0].input_ids)
+    adapted = Transformer(cfg, lora=LoraConfig(rank=4, alpha=8.0)).apply({"params": base, "lora": full.lora}, tokens).logits
+    merged = Transformer(cfg).apply({"params": full.params}, tokens).logits
+    assert np.max(np.abs(np.asarray(adapted) - np.asarray(merged))) < 1e-4
+
+    # 4 steps, stop (checkpoint at 4), resume to 8: bit-identical adapter and metrics
+    sft(tmp_path / "resumed", 4, checkpoint_every=4)
+    resumed = sft(tmp_path / "resumed", 8, checkpoint_every=4)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.tree_util.tree_map(np.array, full.lora),
+                           jax.tree_util.tree_map(np.array, resumed.lora))
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+    rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(8))
+    assert os.path.exists(tmp_path / "full" / "sft_curves.png")
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "full" / "tensorboard"))
+
+
+def test_full_finetuning_and_nonfinite_update_is_skipped(tmp_path):
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    base = tiny_base(cfg, head_scale=1.0)
+    ok = train_sft(cfg, base, tok, PROMPTS, COMPLETIONS, SFTConfig(
+        batch_size=8, max_length=10, optim=OptimConfig(learning_rate=1e-2), run=RunConfig(max_steps=3, progress=False)))
+    assert ok.lora is None and ok.history[-1]["loss"] < ok.history[0]["loss"]
+    # a NaN in the weights makes every loss non-finite: each update is skipped and counted,
+    # and the NaN-producing gradients never reach the parameters
+    bad = dict(base, lm_head=base["lm_head"].at[0, 0].set(jnp.nan))
+    res = train_sft(cfg, bad, tok, PROMPTS, COMPLETIONS, SFTConfig(
+        lora=LoraConfig(rank=2), batch_size=8, max_length=10, run=RunConfig(max_steps=3, progress=False)))
+    assert res.history[-1]["skipped"] == 3
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(res.lora))
