@@ -1,0 +1,116 @@
+"""PPO trainer: KL = 0 at step 0, base untouched, one base copy in memory, reward rises on a toy
+task, bit-identical resume, reward-threshold stop, in-graph reward model with a critic from it."""
+
+import gc
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.lora import LoraConfig, tree_size
+from rlhf_jax.model import ModelConfig, init_head
+from rlhf_jax.rollout import SamplingConfig
+from rlhf_jax.train import (ModelReward, OptimConfig, PPOConfig, PPOTrainer, RewardModel, RunConfig, TextReward)
+from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
+
+TARGET = TextReward(fn=lambda prompts, completions: [c.split().count("w7") / 8 for c in completions])
+
+
+def _config(steps, out=None, **kw):
+    base = dict(batch_size=16, mini_batch_size=8, critic_init="zero", sampling=SamplingConfig(max_new_tokens=8),
+                kl_coef=0.01, policy_lora=LoraConfig(rank=4, alpha=8.0), critic_lora=LoraConfig(rank=4, alpha=8.0),
+                optim=OptimConfig(learning_rate=3e-3),
+                run=RunConfig(max_steps=steps, out_dir=None if out is None else str(out), progress=False,
+                              checkpoint_every=kw.pop("checkpoint_every", 0)))
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    base = tiny_base(cfg)
+    before = jax.tree_util.tree_map(np.array, base)
+    out = tmp_path_factory.mktemp("ppo")
+    res = PPOTrainer(cfg, base, tok, tiny_prompts(), TARGET, _config(24, out / "straight")).train()
+    return cfg, tok, base, before, res, out
+
+
+def test_reward_rises_and_kl_stays_finite(learned):
+    *_, res, _ = learned
+    scores = [r["score"] for r in res.history]
+    # the base emits w7 in ~2% of tokens (score ~0.02); PPO must clearly raise it
+    assert np.mean(scores[:3]) < 0.1
+    assert np.mean(scores[-4:]) > np.mean(scores[:3]) + 0.15
+    assert all(np.isfinite(r["kl"]) for r in res.history)
+    assert res.stop_reason == "max_steps"
+
+
+def test_policy_equals_reference_at_step0_and_base_untouched(learned):
+    _, _, base, before, res, _ = learned
+    assert res.history[0]["kl"] == 0.0  # B = 0: log pi - log pi_ref is exactly 0 on every token
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array, base))
+
+
+def test_resume_is_bit_identical(learned):
+    cfg, tok, base, _, res, out = learned
+    PPOTrainer(cfg, base, tok, tiny_prompts(), TARGET, _config(12, out / "resumed", checkpoint_every=12)).train()
+    resumed = PPOTrainer(cfg, base, tok, tiny_prompts(), TARGET, _config(24, out / "resumed", checkpoint_every=12)).train()
+    assert [r["step"] for r in resumed.history] == list(range(24))
+    for a, b in zip(res.history, resumed.history):
+        assert a == b
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.tree_util.tree_map(np.array, res.state.params),
+                           jax.tree_util.tree_map(np.array, resumed.state.params))
+    assert (out / "straight" / "ppo_curves.png").exists()
+
+
+def test_reward_threshold_stops_early():
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    always = TextReward(fn=lambda p, c: [1.0] * len(c))
+    res = PPOTrainer(cfg, tiny_base(cfg), tok, tiny_prompts(), always,
+                     _config(50, reward_threshold=0.5, threshold_window=2, ppo_epochs=1)).train()
+    assert len(res.history) == 2 and res.stop_reason.startswith("reward_threshold")
+
+
+def test_one_base_copy_with_ingraph_reward_and_critic_from_reward():
+    cfg = ModelConfig(vocab_size=20, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
+                      max_position_embeddings=32, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    tok = tiny_tokenizer()
+    base = tiny_base(cfg)
+    before = jax.tree_util.tree_map(np.array, base)
+    from rlhf_jax.lora import init_lora
+    from rlhf_jax.model import Transformer
+
+    rl = LoraConfig(rank=2, alpha=4.0)
+    rm_lora = jax.tree_util.tree_map(lambda x: x + 0.01, init_lora(Transformer(cfg, lora=rl), jax.random.PRNGKey(5)))
+    rm = RewardModel({"lora": rm_lora, "head": init_head(jax.random.PRNGKey(6), 128)}, gain=2.0, bias=0.5, lora=rl)
+    reward = ModelReward(model_config=cfg, reward_model=rm)
+    config = _config(2, critic_init="reward", kl_estimator="full", adaptive_kl=True, kl_target=0.01, kl_horizon=100.0,
+                     policy_lora=LoraConfig(rank=2, alpha=4.0))
+    gc.collect()
+    live_before = {id(x) for x in jax.live_arrays()}
+    trainer = PPOTrainer(cfg, base, tok, tiny_prompts(32), reward, config)
+    # the critic starts as the reward model: same adapter, head folded with the normalisation
+    np.testing.assert_array_equal(np.asarray(trainer.state.params["critic"]["lora"]["layers_0"]["attn"]["q_proj"]["b"]),
+                                  np.asarray(rm_lora["layers_0"]["attn"]["q_proj"]["b"]))
+    np.testing.assert_allclose(np.asarray(trainer.state.params["critic"]["head"]["bias"]), 2.0 * 0.0 + 0.5)
+    res = trainer.train()
+    assert res.history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # exact full-vocabulary KL at step 0
+    assert res.history[1]["beta"] != res.history[0]["beta"]  # the adaptive controller moved beta
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array, base))
+
+    gc.collect()
+    new = [x for x in jax.live_arrays() if id(x) not in live_before]
+    new_bytes = sum(x.nbytes for x in new)
+    _, base_bytes = tree_size(base)
+    _, state_bytes = tree_size(trainer.state)
+    _, reward_bytes = tree_size(rm.params)
+    _, opt_bytes = tree_size(trainer.state.opt_state)
+    # Everything PPO created: adapters, heads, their optimizer state, prompts, rng, scalars.
+    # No second base: the new arrays are far below one base's bytes, and the whole run holds
+    # base + adapters + heads + optimizer state (and a few KB of prompts and scalars).
+    assert new_bytes < 0.5 * base_bytes
+    held = base_bytes + reward_bytes + new_bytes
+    assert held <= base_bytes + reward_bytes + state_bytes + 64 * 1024
+    assert opt_bytes > 0 and state_bytes < 0.5 * base_bytes
