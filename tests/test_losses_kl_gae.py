@@ -130,7 +130,7 @@ def test_kl_estimators_are_unbiased_for_exact_kl():
     # Sample tokens from p; E_p[k1] = E_p[k3] = KL(p || q); k2 is biased upwards here.
     p_logits = jnp.array([1.0, 0.0, -1.0, 0.5, 2.0])
     q_logits = jnp.array([0.5, 0.2, -0.5, 1.0, 1.0])
-    tokens = jax.random.categorical(jax.random.key(0), p_logits, shape=(1, 200_000))
+    tokens = jax.random.categorical(jax.random.key(0), p_logits, shape=(1, 100_000))
 
     @jax.jit
     def run(tokens):
@@ -140,7 +140,7 @@ def test_kl_estimators_are_unbiased_for_exact_kl():
         return exact, {k: jnp.mean(L.kl_penalty(lp, lq, estimator=k)) for k in ("k1", "k2", "k3")}
 
     exact, est = run(tokens)
-    # exact = 0.1599...; the standard error of the k1 mean is ~0.0015 at 200k samples
+    # exact = 0.1599...; the standard error of the k1 mean is ~0.002 at 100k samples
     assert float(est["k1"]) == pytest.approx(float(exact), abs=0.01)
     assert float(est["k3"]) == pytest.approx(float(exact), abs=0.01)
 
@@ -171,8 +171,11 @@ def test_kl_loss_fully_masked_and_garbage():
     dirty = np.where(MASK == 1, LOGP, -np.inf).astype(np.float32)
     _assert_trees_close(value_and_grad(dirty, MASK), value_and_grad(LOGP, MASK))
     # bf16 inputs -> float32 results
-    lb = jnp.asarray(LOGP, jnp.bfloat16)
-    assert jax.jit(L.kl_penalty)(lb, lb).dtype == jnp.float32
+    lb, zb = jnp.asarray(LOGP, jnp.bfloat16), jnp.asarray(LOGITS, jnp.bfloat16)
+    shapes = jax.eval_shape(lambda a, b: _kl_battery(a, a, b, b), lb, zb)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
+    shapes = jax.eval_shape(_gae_battery, lb, lb)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
 
 
 # ----------------------------------------------------------------------------- GAE
