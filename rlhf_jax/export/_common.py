@@ -1,0 +1,101 @@
+"""Shared helpers of the exporters: the error type, expected parameter shapes, safetensors I/O."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.lora import _flatten, _unflatten
+from rlhf_jax.model.config import ModelConfig
+from rlhf_jax.model.hf_names import hf_name_table
+
+Path = tuple[str, ...]
+
+__all__ = ["ExportError"]
+
+
+class ExportError(ValueError):
+    """Weights, an adapter or a config that cannot be written (or read) in the asked format; the
+    message names what does not match."""
+
+
+@functools.lru_cache(maxsize=16)
+def param_shapes(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
+    """``{path: shape}`` of every base parameter of ``config`` (``jax.eval_shape``: nothing is
+    allocated)."""
+    from rlhf_jax.model.transformer import Transformer
+
+    shapes = jax.eval_shape(Transformer(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
+    return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes["params"]).items()}
+
+
+def name_table(config: ModelConfig) -> dict[Path, tuple[str, bool]]:
+    """:func:`rlhf_jax.model.hf_name_table`, plus GPT-2's own LM head when the embeddings are not
+    tied (the import table leaves it out because Hugging Face GPT-2 checkpoints are always tied)."""
+    table = dict(hf_name_table(config))
+    if config.arch == "gpt2" and not config.tie_word_embeddings:
+        table[("lm_head",)] = ("lm_head.weight", True)
+    return table
+
+
+def module_table(config: ModelConfig) -> dict[Path, str]:
+    """``{our dense layer path: Hugging Face module name}`` for every kernel (the layers LoRA can
+    adapt), e.g. ``("layers_0", "attn", "q_proj") -> "model.layers.0.self_attn.q_proj"``."""
+    return {path[:-1]: name[: -len(".weight")] for path, (name, _) in hf_name_table(config).items()
+            if path[-1] == "kernel"}
+
+
+def check_params(config: ModelConfig, params: Any, *, what: str = "params") -> dict[Path, Any]:
+    """Flatten ``params`` and check it has exactly the paths and shapes ``config`` implies."""
+    flat = _flatten(params)
+    want = param_shapes(config)
+    missing = sorted("/".join(p) for p in want if p not in flat)
+    extra = sorted("/".join(p) for p in flat if p not in want)
+    wrong = sorted(f"{'/'.join(p)} {tuple(np.shape(flat[p]))} (config wants {s})" for p, s in want.items()
+                   if p in flat and tuple(np.shape(flat[p])) != s)
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if extra:
+        problems.append(f"unexpected {extra}")
+    if wrong:
+        problems.append(f"wrong shapes {wrong}")
+    if problems:
+        raise ExportError(f"{what} do not match the ModelConfig ({config.arch}, {config.num_layers} layers, "
+                          f"D={config.hidden_size}): " + "; ".join(problems))
+    return flat
+
+
+def to_numpy(x: Any, *, transpose: bool = False, dtype: Any = None) -> np.ndarray:
+    """A contiguous host array (``bfloat16`` stays ``ml_dtypes.bfloat16``)."""
+    a = np.asarray(x if dtype is None else jnp.asarray(x).astype(dtype))
+    return np.ascontiguousarray(a.T if transpose else a)
+
+
+def write_safetensors(tensors: dict[str, np.ndarray], filename: str) -> None:
+    """Save with ``{"format": "pt"}`` metadata, which ``transformers`` and ``peft`` expect."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, filename, metadata={"format": "pt"})
+
+
+def write_json(obj: Any, filename: str) -> None:
+    with open(filename, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def ensure_dir(path: Any) -> str:
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+unflatten = _unflatten
+flatten = _flatten

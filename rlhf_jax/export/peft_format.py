@@ -1,0 +1,230 @@
+"""LoRA adapters in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Our adapter for the dense layer at ``layers_0/attn/q_proj`` is ``a [Din, R]``, ``b [R, Dout]``
+with update ``(alpha / R) x A B``. PEFT stores the same layer as
+``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight [R, Din]`` and ``...lora_B.weight
+[Dout, R]`` (``torch.nn.Linear`` weights) with update ``(lora_alpha / r) B_t(A_t(x))``, so
+``A_t = A^T`` and ``B_t = B^T``. GPT-2's ``Conv1D`` layers are no different: PEFT still builds
+``lora_A``/``lora_B`` as ``nn.Linear`` from ``in_features -> out_features``; ``fan_in_fan_out=True``
+only tells it that the *base* weight is stored ``[in, out]`` when merging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from rlhf_jax.export._common import (ExportError, ensure_dir, flatten, module_table, param_shapes, to_numpy,
+                                     unflatten, write_json, write_safetensors)
+from rlhf_jax.lora import LoraConfig, adapted_layers
+from rlhf_jax.model.config import ModelConfig
+
+Path = tuple[str, ...]
+PREFIX = "base_model.model."
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# PEFT options that change the adapter's function (or the base it applies to): an adapter using any
+# of them is not a plain ``W + (alpha / r) A B`` and is refused on import.
+_MUST_BE_FALSY = ("use_rslora", "use_dora", "modules_to_save", "rank_pattern", "alpha_pattern",
+                  "trainable_token_indices", "layer_replication", "lora_bias", "target_parameters",
+                  "use_qalora", "alora_invocation_tokens", "velora_config", "monteclora_config",
+                  "use_bdlora", "arrow_config", "kasa_config", "megatron_config", "lora_ga_config")
+# Initialisations that leave the base weights as they are (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA
+# rewrite the base, so their adapter does not apply to the original model).
+_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
+
+
+def _suffixes(name: str, sep: str) -> list[str]:
+    parts = name.split(sep)
+    return list(dict.fromkeys([parts[-1], sep.join(parts[-2:]), name]))
+
+
+def _matches(target: str, name: str, sep: str) -> bool:
+    return name == target or name.endswith(sep + target)
+
+
+def choose_targets(adapted: list[str], universe: list[str], sep: str) -> list[str]:
+    """The shortest names (last part, last two parts, else the full name) that select exactly
+    ``adapted`` among ``universe`` under suffix matching (PEFT's list ``target_modules`` rule, and
+    our ``LoraConfig.targets`` rule for plain names)."""
+    chosen = set(adapted)
+    out = []
+    for name in adapted:
+        for cand in _suffixes(name, sep):
+            if all(m in chosen for m in universe if _matches(cand, m, sep)):
+                out.append(cand)
+                break
+    return sorted(dict.fromkeys(out))
+
+
+def check_adapter(config: ModelConfig, lora: Any, lora_config: LoraConfig) -> dict[Path, tuple[Any, Any]]:
+    """``{layer path: (a, b)}`` after checking that every adapted layer exists in ``config``'s model
+    with matching shapes and rank ``lora_config.rank``; errors name each mismatch."""
+    flat = flatten(lora)
+    shapes = param_shapes(config)
+    layers = adapted_layers(lora)
+    problems = []
+    unknown = ["/".join(layer) for layer in layers if layer + ("kernel",) not in shapes]
+    if unknown:
+        problems.append(f"layers not in the base model: {unknown}")
+    odd = sorted("/".join(p) for p in flat if p[-1] not in ("a", "b"))
+    if odd:
+        problems.append(f"leaves other than a/b: {odd}")
+    out = {}
+    for layer in layers:
+        if layer + ("kernel",) not in shapes:
+            continue
+        a, b = flat.get(layer + ("a",)), flat.get(layer + ("b",))
+        name = "/".join(layer)
+        if a is None or b is None:
+            problems.append(f"{name} lacks {'a' if a is None else 'b'}")
+            continue
+        d_in, d_out = shapes[layer + ("kernel",)]
+        want_a, want_b = (d_in, lora_config.rank), (lora_config.rank, d_out)
+        if tuple(np.shape(a)) != want_a or tuple(np.shape(b)) != want_b:
+            problems.append(f"{name} has a {tuple(np.shape(a))}, b {tuple(np.shape(b))}; the base kernel "
+                            f"is {(d_in, d_out)} and rank {lora_config.rank} wants a {want_a}, b {want_b}")
+            continue
+        out[layer] = (a, b)
+    if problems:
+        raise ExportError("adapter does not fit the model: " + "; ".join(problems))
+    if not out:
+        raise ExportError("the adapter tree is empty")
+    return out
+
+
+def peft_config_dict(config: ModelConfig, layers: list[Path], lora_config: LoraConfig, *,
+                     base_model_name_or_path: str = "") -> dict:
+    """PEFT's ``adapter_config.json`` for an adapter on ``layers``."""
+    table = module_table(config)
+    alpha = lora_config.alpha
+    return {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path or None,
+        "r": lora_config.rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": lora_config.dropout,
+        "target_modules": choose_targets([table[p] for p in layers], list(table.values()), "."),
+        "fan_in_fan_out": config.arch == "gpt2",  # GPT-2's Conv1D stores the base weight [in, out]
+        "bias": "none", "use_rslora": False, "use_dora": False, "init_lora_weights": True,
+        "inference_mode": True, "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
+        "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
+    }
+
+
+def save_peft_adapter(path: str, config: ModelConfig, lora: Any, lora_config: LoraConfig, *,
+                      base_model_name_or_path: str = "") -> str:
+    """Write ``lora`` as a PEFT LoRA adapter that ``peft.PeftModel.from_pretrained(hf_model, path)``
+    loads onto the Hugging Face model of ``config`` (the folder :func:`save_hf_folder` writes).
+
+    ``target_modules`` names exactly the adapted layers (short names such as ``q_proj`` when they
+    cover every layer, ``attn.c_proj`` when GPT-2's MLP ``c_proj`` is not adapted, full module names
+    otherwise); ``r`` and ``lora_alpha`` give PEFT's scale ``lora_alpha / r`` = ours; no rsLoRA.
+    Weights are written in float32.
+    """
+    pairs = check_adapter(config, lora, lora_config)
+    table = module_table(config)
+    tensors = {}
+    for layer, (a, b) in pairs.items():
+        stem = PREFIX + table[layer]
+        tensors[stem + ".lora_A.weight"] = to_numpy(a, transpose=True, dtype=np.float32)
+        tensors[stem + ".lora_B.weight"] = to_numpy(b, transpose=True, dtype=np.float32)
+    path = ensure_dir(path)
+    write_json(peft_config_dict(config, sorted(pairs), lora_config, base_model_name_or_path=base_model_name_or_path),
+               os.path.join(path, ADAPTER_CONFIG))
+    write_safetensors(tensors, os.path.join(path, ADAPTER_WEIGHTS))
+    return path
+
+
+def _check_peft_config(meta: dict, source: str) -> None:
+    bad = []
+    if str(meta.get("peft_type", "LORA")).upper() != "LORA":
+        bad.append(f"peft_type={meta.get('peft_type')!r} (only LORA)")
+    if meta.get("bias", "none") != "none":
+        bad.append(f"bias={meta['bias']!r} (only 'none')")
+    bad += [f"{k}={meta[k]!r}" for k in _MUST_BE_FALSY if meta.get(k)]
+    init = meta.get("init_lora_weights", True)
+    if init not in _PLAIN_INITS:
+        bad.append(f"init_lora_weights={init!r} (this init rewrites the base weights; convert the adapter "
+                   "to plain LoRA first)")
+    if bad:
+        raise ExportError(f"{source}: unsupported PEFT LoRA options: {', '.join(bad)}")
+
+
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+
+
+def load_peft_adapter(path: str, config: ModelConfig) -> tuple[dict, LoraConfig]:
+    """Read a PEFT LoRA adapter folder for the Hugging Face model of ``config``.
+
+    Returns ``(lora_tree, lora_config)``: ``lora_tree`` is our adapter tree (float32 ``a [Din, R]``,
+    ``b [R, Dout]``) and ``lora_config`` has PEFT's ``r``, ``lora_alpha``, ``lora_dropout`` and
+    targets selecting exactly the adapted layers, so ``merge_lora(base, lora_tree,
+    scale=lora_config.scale)`` folds it into the base (e.g. an SFT adapter, before RLHF).
+
+    Errors name what does not match: unsupported options (rsLoRA, DoRA, biases, rank/alpha
+    patterns, base-rewriting inits...), tensors other than ``lora_A``/``lora_B``, modules the model
+    does not have, and shapes that differ from the base layers.
+    """
+    from safetensors.numpy import load_file
+
+    path = os.fspath(path)
+    cfg_file, w_file = os.path.join(path, ADAPTER_CONFIG), os.path.join(path, ADAPTER_WEIGHTS)
+    if not os.path.isfile(cfg_file):
+        raise ExportError(f"{path}: no {ADAPTER_CONFIG}")
+    if not os.path.isfile(w_file):
+        raise ExportError(f"{path}: no {ADAPTER_WEIGHTS} (PyTorch .bin adapters are not read; re-save with "
+                          "safe_serialization=True)")
+    with open(cfg_file) as f:
+        meta = json.load(f)
+    _check_peft_config(meta, path)
+    rank, alpha = int(meta["r"]), float(meta["lora_alpha"])
+    tensors = load_file(w_file)
+    by_module: dict[str, dict[str, np.ndarray]] = {}
+    other = []
+    for key, value in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            other.append(key)
+        else:
+            by_module.setdefault(m["module"], {})[m["which"]] = value
+    if other:
+        raise ExportError(f"{path}: tensors other than lora_A/lora_B weights: {sorted(other)}")
+    table = module_table(config)
+    inverse = {name: layer for layer, name in table.items()}
+    prefix = "transformer." if config.arch == "gpt2" else "model."
+    shapes = param_shapes(config)
+    flat, unknown, problems = {}, [], []
+    for module, ab in sorted(by_module.items()):
+        name = module if module in inverse else prefix + module
+        if name not in inverse:
+            unknown.append(module)
+            continue
+        layer = inverse[name]
+        if set(ab) != {"A", "B"}:
+            problems.append(f"{module} has only lora_{''.join(ab)}")
+            continue
+        a, b = ab["A"].astype(np.float32).T, ab["B"].astype(np.float32).T
+        d_in, d_out = shapes[layer + ("kernel",)]
+        if a.shape != (d_in, rank) or b.shape != (rank, d_out):
+            problems.append(f"{module}: lora_A {ab['A'].shape}, lora_B {ab['B'].shape} but the base layer is "
+                            f"[in={d_in}, out={d_out}] and r={rank} wants lora_A {(rank, d_in)}, lora_B {(d_out, rank)}")
+            continue
+        flat[layer + ("a",)], flat[layer + ("b",)] = a, b
+    if unknown:
+        problems.insert(0, f"modules not in the {config.arch} model ({config.num_layers} layers): {unknown}")
+    if problems:
+        raise ExportError(f"{path}: adapter does not fit the model: " + "; ".join(problems))
+    if not flat:
+        raise ExportError(f"{path}: the adapter has no lora_A/lora_B tensors")
+    import jax.numpy as jnp
+
+    lora = unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    layers = ["/".join(layer) for layer in adapted_layers(lora)]
+    universe = ["/".join(layer) for layer in table]
+    lora_config = LoraConfig(rank=rank, alpha=alpha, dropout=float(meta.get("lora_dropout") or 0.0),
+                             targets=tuple(choose_targets(layers, universe, "/")))
+    return lora, lora_config
