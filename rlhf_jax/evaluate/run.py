@@ -242,6 +242,8 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         values[spec.name] = {k: v.reshape(len(prompts), s) for k, v in per.items()}
         completions[spec.name] = [shown[p * s:(p + 1) * s] for p in range(len(prompts))]
         timings[spec.name] = round(time.perf_counter() - t0, 2)
+        if config.progress:
+            print(f"evaluate {spec.name}: {n_rows} completions scored in {timings[spec.name]:.1f}s", file=sys.stderr)
 
     first = values[models[0].name]
     metrics = list(first) + list(CORPUS_METRICS)
