@@ -8,6 +8,7 @@ from rlhf_jax.rollout.bucketing import PromptBatch, bucket_length, bucket_prompt
 from rlhf_jax.rollout.config import SamplingConfig
 from rlhf_jax.rollout.generate import Rollout, check_lengths, generate, token_logprob
 from rlhf_jax.rollout.sampler import Sampler, make_generate_fn
+from rlhf_jax.rollout.texts import decode_responses, sample_texts
 from rlhf_jax.rollout.sampling import (
     categorical,
     filtered_logits,
@@ -19,6 +20,6 @@ from rlhf_jax.rollout.sampling import (
 
 __all__ = [
     "PromptBatch", "Rollout", "Sampler", "SamplingConfig", "bucket_length", "bucket_prompts",
-    "bucket_sizes", "categorical", "check_lengths", "filtered_logits", "generate", "greedy",
-    "left_pad", "make_generate_fn", "make_rule", "token_logprob", "top_k_filter", "top_p_filter",
+    "bucket_sizes", "categorical", "check_lengths", "decode_responses", "filtered_logits", "generate", "greedy",
+    "left_pad", "make_generate_fn", "make_rule", "sample_texts", "token_logprob", "top_k_filter", "top_p_filter",
 ]

@@ -23,7 +23,7 @@ from rlhf_jax.losses import (KLControllerState, adaptive_kl_controller, entropy_
                              fixed_kl_controller, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss,
                              ppo_value_loss, token_logprobs)
 from rlhf_jax.model import ModelConfig, Transformer, init_head, value_head
-from rlhf_jax.rollout import Rollout, Sampler, SamplingConfig, left_pad
+from rlhf_jax.rollout import Rollout, Sampler, SamplingConfig, decode_responses, left_pad
 from rlhf_jax.train.reward_fn import ModelReward, TextReward
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
 from rlhf_jax.train.state import OptimConfig, all_finite, batch_indices, guarded_update, make_optimizer
@@ -243,10 +243,16 @@ class PPOTrainer:
       tokenizer: a ``transformers`` tokenizer with a pad token.
       prompts: prompt texts.
       reward: a :class:`ModelReward` or :class:`TextReward`.
+      monitors: optional ``{name: fn(prompts, completions) -> per-sample floats}`` scored on each
+        step's decoded rollouts (special tokens kept) and logged as ``name`` (their mean): watch a
+        held-back judge, e.g. a gold rubric, while optimising the proxy reward. Never used in the
+        loss.
     """
 
     def __init__(self, model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[str],
-                 reward: ModelReward | TextReward, config: PPOConfig):
+                 reward: ModelReward | TextReward, config: PPOConfig, *,
+                 monitors: dict[str, Callable[[Sequence[str], Sequence[str]], Sequence[float]]] | None = None):
+        self.monitors = dict(monitors or {})
         if tokenizer.pad_token_id is None:
             raise ValueError("PPOTrainer: the tokenizer has no pad token; set tokenizer.pad_token first")
         self.model_config, self.base, self.tokenizer, self.reward, self.config = (
@@ -312,19 +318,23 @@ class PPOTrainer:
                           self.prompts.tokens[idx], self.prompts.mask[idx], key)
         return ro, idx
 
-    def texts(self, ro: Rollout) -> list[str]:
-        resp = np.asarray(ro.response_tokens)
-        mask = np.asarray(ro.response_mask)
-        return self.tokenizer.batch_decode([r[m > 0].tolist() for r, m in zip(resp, mask)], skip_special_tokens=True)
+    def texts(self, ro: Rollout, *, skip_special_tokens: bool = True) -> list[str]:
+        return decode_responses(self.tokenizer, ro.response_tokens, ro.response_mask,
+                                skip_special_tokens=skip_special_tokens)
 
     def train_step(self, step: int) -> dict:
         ro, idx = self.rollout(self.state, step)
+        prompts = [self.prompt_texts[i] for i in idx]
         ext = None
         if isinstance(self.reward, TextReward):
-            ext = jnp.asarray(self.reward([self.prompt_texts[i] for i in idx], self.texts(ro)))
+            ext = jnp.asarray(self.reward(prompts, self.texts(ro)))
         arrays = self.reward.arrays() if isinstance(self.reward, ModelReward) else None
+        watched = {}
+        if self.monitors:
+            texts = self.texts(ro, skip_special_tokens=False)
+            watched = {k: float(np.mean(fn(prompts, texts))) for k, fn in self.monitors.items()}
         self.state, metrics = self._step(self.state, self.base, arrays, ro, ext)
-        return metrics
+        return dict(metrics, **watched)
 
     def train(self, *, callback: Callable[[int, dict], None] | None = None) -> PPOResult:
         cfg = self.config

@@ -166,3 +166,20 @@ class Checkpoints:
 
 def to_numpy_tree(tree: Any) -> Any:
     return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def restore_raw(run_dir: str, step: int | None = None) -> tuple[dict, int]:
+    """The training state saved under ``run_dir/checkpoints`` as nested dicts of arrays (field
+    names of the state NamedTuple as keys), without a template; ``step=None``: the latest."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{run_dir}: no checkpoints folder (run with RunConfig(checkpoint_every=N))")
+    manager = ocp.CheckpointManager(path)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{path}: no checkpoint in it")
+    state = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return state, int(step)

@@ -1,0 +1,219 @@
+"""The seeds' whole RLHF pipeline on the built-in toy world, end to end:
+
+world -> SFT -> completions -> simulated labelers rank them -> consensus -> pairs -> reward model
+-> PPO with LoRA and a KL penalty to the frozen reference (and the same PPO without KL, for
+reward hacking) -> before/after evaluation -> export -> report.
+
+Only the public API is used; the gold rubric is seen by the labelers and the evaluation alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import feedback as fb
+from rlhf_jax import toyworld as tw
+from rlhf_jax.demo.config import DemoConfig
+from rlhf_jax.model import ModelConfig, Transformer
+from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
+from rlhf_jax.train import (ModelReward, OptimConfig, PPOConfig, PPOTrainer, RewardConfig, RunConfig, SFTConfig,
+                            normalize_reward_model, raw_scores, save_reward_model, train_reward_model, train_sft)
+from rlhf_jax.feedback import BatchConfig, encode_sequences
+
+
+class Stages:
+    """Prints one line per stage with the elapsed time, and records the durations."""
+
+    def __init__(self, verbose: bool = True):
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+        self.verbose = verbose
+        self.durations: dict[str, float] = {}
+
+    def done(self, name: str, msg: str = "") -> None:
+        now = time.perf_counter()
+        self.durations[name] = round(now - self.last, 1)
+        self.last = now
+        if self.verbose:
+            print(f"[demo {now - self.t0:6.1f}s] {name}: {msg}", flush=True)
+
+
+def _model_config(cfg: DemoConfig, tokenizer) -> ModelConfig:
+    return ModelConfig(arch="llama", vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                       num_layers=cfg.num_layers, num_heads=4, num_kv_heads=2, intermediate_size=2 * cfg.hidden_size,
+                       max_position_embeddings=cfg.max_length, tie_word_embeddings=False,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+
+
+def _strip_eos(text: str) -> str:
+    return text[: -len(tw.EOS)].rstrip() if text.endswith(tw.EOS) else text
+
+
+def run_sft(cfg: DemoConfig, world, out: str, stages: Stages, progress: bool):
+    tok = world.tokenizer
+    mc = _model_config(cfg, tok)
+    init = Transformer(mc).init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 4), jnp.int32))["params"]
+    res = train_sft(mc, init, tok, [ex.prompt for ex in world.corpus], [_strip_eos(ex.completion) for ex in world.corpus],
+                    SFTConfig(batch_size=cfg.sft_batch_size, max_length=cfg.max_length, eval_fraction=0.05,
+                              optim=OptimConfig(learning_rate=cfg.sft_learning_rate, warmup_steps=20),
+                              run=RunConfig(max_steps=cfg.sft_steps, seed=cfg.seed, out_dir=os.path.join(out, "sft"),
+                                            progress=progress, resume=False)))
+    stages.done("sft", f"loss {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}, held-out "
+                       f"perplexity {res.eval.get('eval_perplexity', float('nan')):.2f}")
+    return mc, res
+
+
+def run_feedback(cfg: DemoConfig, world, mc, sft_params, out: str, stages: Stages):
+    tok = world.tokenizer
+    sampler = Sampler(Transformer(mc), SamplingConfig(max_new_tokens=cfg.max_new_tokens))
+    prompts = world.train_prompts
+    samples = sample_texts(sampler, {"params": sft_params}, tok, [p.text for p in prompts], n_samples=cfg.label_samples,
+                           seed=cfg.seed + 11)
+    records = tw.label_prompts([p.prompt_id for p in prompts], prompts, samples,
+                               n_labelers_per_prompt=cfg.labelers_per_prompt, seed=cfg.seed)
+    fdir = os.path.join(out, "feedback")
+    os.makedirs(fdir, exist_ok=True)
+    path = os.path.join(fdir, "ranked.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    ranked, report = fb.read_ranked(path, strict=False)
+    stats = fb.ranked_stats(ranked)
+    with open(os.path.join(fdir, "stats.txt"), "w") as f:
+        f.write(report.summary() + "\n\n" + stats.format() + "\n")
+    pairs, pairs_report = fb.feedback_to_pairs(ranked)
+    fb.save_pairs(pairs, os.path.join(fdir, "pairs.parquet"))
+    stages.done("feedback", f"{len(ranked)} prompts x {cfg.label_samples} completions ranked by "
+                            f"{cfg.labelers_per_prompt} labelers; {len(pairs)} pairs ({pairs_report.summary()})")
+    return samples, ranked, stats, pairs, pairs_report, report
+
+
+def run_reward(cfg: DemoConfig, world, mc, sft_params, pairs, samples, out: str, stages: Stages, progress: bool):
+    tok = world.tokenizer
+    res = train_reward_model(mc, sft_params, tok, pairs, RewardConfig(
+        lora=cfg.reward_lora, batch_size=cfg.reward_batch_size, max_length=cfg.max_length, eval_fraction=0.2,
+        optim=OptimConfig(learning_rate=cfg.reward_learning_rate),
+        run=RunConfig(max_steps=cfg.reward_steps, seed=cfg.seed, out_dir=os.path.join(out, "reward"),
+                      progress=progress, resume=False)))
+    # normalise on the SFT model's own samples: mean 0, std 1
+    flat_p = [p.text for p, s in zip(world.train_prompts, samples) for _ in s]
+    flat_c = [c for s in samples for c in s]
+    batch, _ = encode_sequences(tok, flat_p, flat_c, config=BatchConfig(max_length=cfg.max_length))
+    score = jax.jit(lambda params, ids, m: raw_scores(mc, cfg.reward_lora, sft_params, params, ids, m))
+    raw = np.concatenate([np.asarray(score(res.reward_model.params, batch.input_ids[i:i + 64], batch.attention_mask[i:i + 64]))
+                          for i in range(0, len(batch.input_ids), 64)])
+    rm = normalize_reward_model(res.reward_model, raw)
+    save_reward_model(os.path.join(out, "reward", "model"), rm)
+    stages.done("reward", f"held-out pair accuracy {res.eval['eval_accuracy']:.3f}; normalised on "
+                          f"{len(raw)} SFT samples (gain {rm.gain:.3f}, bias {rm.bias:.3f})")
+    return rm, res
+
+
+def gold_scorers() -> dict:
+    """The hidden judges: gold rubric, exact lexicon toxicity, hype words (never seen by RM or PPO)."""
+    return {"gold": lambda ps, cs: [tw.gold_score(p, c) for p, c in zip(ps, cs)],
+            "toxic_rate": lambda ps, cs: [float(tw.lexicon_toxicity(c)) for c in cs],
+            "hype": lambda ps, cs: [float(tw.hype_count(c)) for c in cs]}
+
+
+def run_ppo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, name: str, *, kl_coef: float, steps: int,
+            stages: Stages, progress: bool):
+    trainer = PPOTrainer(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts],
+                         ModelReward(model_config=mc, reward_model=rm), monitors=gold_scorers(), config=PPOConfig(
+        policy_lora=cfg.policy_lora, critic_init="reward", batch_size=cfg.ppo_batch_size, mini_batch_size=cfg.ppo_batch_size // 2,
+        sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), kl_coef=kl_coef,
+        optim=OptimConfig(learning_rate=cfg.ppo_learning_rate),
+        run=RunConfig(max_steps=steps, seed=cfg.seed, out_dir=os.path.join(out, name), progress=progress, resume=False)))
+    res = trainer.train()
+    h = res.history
+    stages.done(name, f"score {np.mean([r['score'] for r in h[:3]]):.3f} -> {np.mean([r['score'] for r in h[-3:]]):.3f}, "
+                      f"KL {h[-1]['kl']:.3f} after {len(h)} steps")
+    return res
+
+
+def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, out: str, stages: Stages,
+                   progress: bool):
+    from rlhf_jax.evaluate import EvalConfig, ModelSpec, evaluate
+
+    ref = ModelSpec("sft", mc, {"params": sft_params})
+    models = [ref] + [ModelSpec(name, mc, {"params": sft_params, "lora": lora}, lora=cfg.policy_lora)
+                      for name, lora in policies.items()]
+    prompts = [p.text for p in world.held_out_prompts[: cfg.eval_prompts]]
+    report = evaluate(models, reference=ref, tokenizer=world.tokenizer, prompts=prompts,
+                      config=EvalConfig(sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
+                                        samples_per_prompt=cfg.eval_samples, seed=cfg.seed + 7, progress=progress),
+                      reward=ModelReward(model_config=mc, reward_model=rm), toxicity=world.toxicity.prob_toxic,
+                      scorers=gold_scorers())
+    edir = os.path.join(out, "eval")
+    os.makedirs(edir, exist_ok=True)
+    report.to_json(os.path.join(edir, "eval.json"))
+    report.to_markdown(os.path.join(edir, "report.md"))
+    report.plot(os.path.join(edir, "eval.png"))
+    stages.done("evaluate", f"{len(prompts)} held-out prompts x {cfg.eval_samples} samples x {len(models)} models")
+    return report
+
+
+def plot_hacking(histories: dict[str, list[dict]], path: str) -> str:
+    """Proxy reward (the reward model) against the gold rubric over PPO steps, per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
+    for name, h in histories.items():
+        steps = [r["step"] for r in h]
+        for ax, key in zip(axes, ("score", "gold", "kl", "hype")):
+            ax.plot(steps, [r[key] for r in h], label=name, lw=1.5)
+            ax.set_title({"score": "proxy reward (reward model)", "gold": "gold rubric (hidden)",
+                          "kl": "KL(policy || reference) per sequence", "hype": "hype words per completion"}[key])
+            ax.set_xlabel("PPO step")
+            ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress: bool = True) -> dict:
+    """Run every stage and write ``out/report.md`` (+ ``summary.json``, plots, models). Returns the summary."""
+    from rlhf_jax.demo.report import write_report
+    from rlhf_jax.export import save_hf_folder
+
+    os.makedirs(out, exist_ok=True)
+    stages = Stages()
+    world = tw.build_world(os.path.join(out, "world"), config=cfg.world)
+    stages.done("world", f"{len(world.train_prompts)} train / {len(world.held_out_prompts)} held-out prompts, "
+                         f"{len(world.corpus)} SFT demonstrations, vocabulary {len(world.tokenizer)}")
+    mc, sft = run_sft(cfg, world, out, stages, progress)
+    samples, ranked, stats, pairs, pairs_report, val_report = run_feedback(cfg, world, mc, sft.params, out, stages)
+    if len(pairs) < 2 * cfg.reward_batch_size:
+        raise RuntimeError(f"only {len(pairs)} preference pairs came out of the labeling ({pairs_report.summary()}); "
+                           "the SFT model is too weak: raise sft_steps")
+    rm, rm_res = run_reward(cfg, world, mc, sft.params, pairs, samples, out, stages, progress)
+    ppo = run_ppo(cfg, world, mc, sft.params, rm, out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
+                  stages=stages, progress=progress)
+    hack = run_ppo(cfg, world, mc, sft.params, rm, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
+                   stages=stages, progress=progress)
+    plot_hacking({"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history},
+                 os.path.join(out, "reward_hacking.png"))
+    report = run_evaluation(cfg, world, mc, sft.params, rm,
+                            {"ppo": ppo.state.params["policy"], "ppo_no_kl": hack.state.params["policy"]},
+                            out, stages, progress)
+    save_hf_folder(os.path.join(out, "export", "sft"), mc, sft.params, tokenizer=world.tokenizer)
+    save_hf_folder(os.path.join(out, "export", "ppo_policy"), mc, sft.params, tokenizer=world.tokenizer,
+                   lora=ppo.state.params["policy"], lora_config=cfg.policy_lora)
+    stages.done("export", f"Hugging Face folders in {out}/export (sft, ppo_policy merged)")
+    summary = write_report(out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
+                           validation=val_report, rm_res=rm_res, rm=rm, ppo=ppo, hack=hack, report=report)
+    stages.done("report", f"{out}/report.md")
+    return summary
