@@ -119,7 +119,7 @@ def test_mismatches_are_named(hf_checkpoints, tmp_path):
     # an adapter for another base: a 2-layer model's adapter on a 1-layer, wider model
     good = save_peft_adapter(tmp_path / "good", cfg, lora, lc)
     other = cfg.replace(num_layers=1, hidden_size=48)
-    with pytest.raises(ExportError, match=r"modules not in the llama model \(1 layers\): "
+    with pytest.raises(ExportError, match=r"modules that are not dense layers of the llama model \(1 layers.*\): "
                                           r"\['model.layers.1.self_attn.q_proj'\].*model.layers.0.self_attn.q_proj: "
                                           r"lora_A \(2, 32\), lora_B \(32, 2\) but the base layer is \[in=48, out=32\]"):
         load_peft_adapter(good, other)
@@ -139,6 +139,12 @@ def test_mismatches_are_named(hf_checkpoints, tmp_path):
     save_file(tensors, os.path.join(bad, "adapter_model.safetensors"))
     with pytest.raises(ExportError, match=r"other than lora_A/lora_B weights: \['base_model.model.model.layers.0"
                                           r".self_attn.q_proj.lora_magnitude_vector'\]"):
+        load_peft_adapter(bad, cfg)
+    del tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"]
+    tensors["base_model.model.lm_head.lora_A.weight"] = np.ones((2, 32), np.float32)
+    tensors["base_model.model.lm_head.lora_B.weight"] = np.ones((97, 2), np.float32)
+    save_file(tensors, os.path.join(bad, "adapter_model.safetensors"))
+    with pytest.raises(ExportError, match=r"LM head is not supported\): \['lm_head'\]"):
         load_peft_adapter(bad, cfg)
     os.remove(os.path.join(bad, "adapter_model.safetensors"))
     with pytest.raises(ExportError, match="no adapter_model.safetensors"):

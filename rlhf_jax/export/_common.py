@@ -51,9 +51,16 @@ def module_table(config: ModelConfig) -> dict[Path, str]:
             if path[-1] == "kernel"}
 
 
+def flatten(tree: Any) -> dict[Path, Any]:
+    """``{path: leaf}`` of a nested dict (a Flax ``FrozenDict`` too)."""
+    from flax.core import unfreeze
+
+    return _flatten(unfreeze(tree))
+
+
 def check_params(config: ModelConfig, params: Any, *, what: str = "params") -> dict[Path, Any]:
     """Flatten ``params`` and check it has exactly the paths and shapes ``config`` implies."""
-    flat = _flatten(params)
+    flat = flatten(params)
     want = param_shapes(config)
     missing = sorted("/".join(p) for p in want if p not in flat)
     extra = sorted("/".join(p) for p in flat if p not in want)
@@ -98,4 +105,3 @@ def ensure_dir(path: Any) -> str:
 
 
 unflatten = _unflatten
-flatten = _flatten

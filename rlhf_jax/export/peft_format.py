@@ -67,7 +67,7 @@ def check_adapter(config: ModelConfig, lora: Any, lora_config: LoraConfig) -> di
     with matching shapes and rank ``lora_config.rank``; errors name each mismatch."""
     flat = flatten(lora)
     shapes = param_shapes(config)
-    layers = adapted_layers(lora)
+    layers = sorted({p[:-1] for p in flat})
     problems = []
     unknown = ["/".join(layer) for layer in layers if layer + ("kernel",) not in shapes]
     if unknown:
@@ -215,7 +215,8 @@ def load_peft_adapter(path: str, config: ModelConfig) -> tuple[dict, LoraConfig]
             continue
         flat[layer + ("a",)], flat[layer + ("b",)] = a, b
     if unknown:
-        problems.insert(0, f"modules not in the {config.arch} model ({config.num_layers} layers): {unknown}")
+        problems.insert(0, f"modules that are not dense layers of the {config.arch} model ({config.num_layers} "
+                           f"layers; LoRA on embeddings or the LM head is not supported): {unknown}")
     if problems:
         raise ExportError(f"{path}: adapter does not fit the model: " + "; ".join(problems))
     if not flat:
