@@ -64,7 +64,7 @@ class DemoConfig:
     def quick(cls) -> "DemoConfig":
         """A miniature of the same pipeline (seconds to a minute): every stage, tiny sizes."""
         return cls(world=WorldConfig(n_prompts=80, held_out_fraction=0.5, corpus=CorpusConfig(n_examples=600)),
-                   hidden_size=32, sft_steps=150, sft_batch_size=16, sft_learning_rate=1e-2, label_samples=3, reward_steps=20,
-                   reward_batch_size=16, ppo_steps=3, ppo_batch_size=16, hacking_steps=3, max_new_tokens=12,
+                   hidden_size=32, sft_steps=200, sft_batch_size=16, sft_learning_rate=1e-2, label_samples=4,
+                   reward_steps=20, reward_batch_size=8, ppo_steps=3, ppo_batch_size=16, hacking_steps=3, max_new_tokens=12,
                    eval_prompts=16, eval_samples=2, reward_lora=LoraConfig(rank=4, alpha=8.0),
                    policy_lora=LoraConfig(rank=4, alpha=8.0))
