@@ -1,0 +1,79 @@
+"""Reward-model training across processes: ``multihost_reward.py OUT multi PROCESS_ID PORT`` is one of
+two processes (2 CPU devices each, gloo collectives over 127.0.0.1) that build a global
+(data=1, fsdp=2, tensor=2) mesh -- fsdp across the processes, tensor inside each -- and train on
+global batches, each process feeding only its own rows; ``multihost_reward.py OUT single`` is the
+one-process, one-device reference. Both write the per-step losses and the final parameters."""
+
+import json
+import sys
+
+import jax
+
+out_path, mode = sys.argv[1], sys.argv[2]
+if mode == "multi":
+    process_id, port = int(sys.argv[3]), int(sys.argv[4])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the default in jax 0.10; explicit
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
+                               coordinator_bind_address=f"127.0.0.1:{port}", initialization_timeout=60,
+                               heartbeat_timeout_seconds=30, shutdown_timeout_seconds=30)
+
+import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+from common import ADAM_EPS, init_base, shard_info, tiny_llama, token_batch  # noqa: E402
+from rlhf_jax.lora import LoraConfig, init_lora  # noqa: E402
+from rlhf_jax.model import Transformer, init_head  # noqa: E402
+from rlhf_jax.sharding import (MeshConfig, make_mesh, param_shardings, process_rows, replicated, shard_batch,  # noqa: E402
+                               shard_params)
+from rlhf_jax.train import OptimConfig, RewardConfig, init_state, make_optimizer, make_reward_step  # noqa: E402
+
+STEPS, BATCH, T = 3, 8, 10
+cfg = tiny_llama()
+base = init_base(cfg)  # the same values in every process (same seed): each keeps its own shards
+lcfg = LoraConfig(rank=4, alpha=8.0)
+params = {"lora": init_lora(Transformer(cfg, lora=lcfg), jax.random.PRNGKey(1)),
+          "head": init_head(jax.random.PRNGKey(2), cfg.hidden_size)}
+opt = make_optimizer(OptimConfig(learning_rate=1e-3, eps=ADAM_EPS))
+step, _ = make_reward_step(cfg, lcfg, opt, RewardConfig(lora=lcfg))
+state = jax.jit(lambda p: init_state(p, opt, 0))(params)
+
+
+def global_batch(i):
+    tokens, mask = token_batch(100 + i, 2 * BATCH, T, cfg.vocab_size, pad_rows=4)
+    return {"input_ids": tokens.reshape(BATCH, 2, T), "attention_mask": mask.reshape(BATCH, 2, T),
+            "margin": np.zeros((BATCH,), np.float32)}
+
+
+result = {"process_count": jax.process_count()}
+losses = []
+if mode == "single":
+    step = jax.jit(step)
+    for i in range(STEPS):
+        state, m = step(state, global_batch(i), base)
+        losses.append(float(m["loss"]))
+    final = jax.tree_util.tree_map(np.asarray, state.params)
+else:
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2))
+    rows = process_rows(mesh, BATCH)
+    state, base = shard_params(state, mesh), shard_params(base, mesh)
+    step = jax.jit(step, donate_argnums=0, out_shardings=(param_shardings(state, mesh), replicated(mesh)))
+    for i in range(STEPS):
+        local = {k: v[rows] for k, v in global_batch(i).items()}  # only this process's rows
+        state, m = step(state, shard_batch(local, mesh), base)
+        losses.append(float(multihost_utils.process_allgather(m["loss"], tiled=True)))
+    final = multihost_utils.process_allgather(state.params, tiled=True)
+    q = base["layers_0"]["attn"]["q_proj"]["kernel"]
+    result.update({
+        "process_id": jax.process_index(), "rows": [rows.start, rows.stop],
+        "mesh_device_processes": [[d.process_index for d in r] for r in mesh.devices.reshape(-1, 2)],
+        "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
+        "q_proj": dict(shard_info(q), fully_addressable=q.is_fully_addressable),
+    })
+result["losses"] = losses
+if mode == "single" or jax.process_index() == 0:
+    np.savez(out_path + ".npz", **{"/".join(str(k.key) for k in path): np.asarray(x)
+                                   for path, x in jax.tree_util.tree_flatten_with_path(final)[0]})
+with open(out_path + (f".{jax.process_index()}" if mode == "multi" else "") + ".json", "w") as f:
+    json.dump(result, f)
+if mode == "multi":
+    jax.distributed.shutdown()
