@@ -23,8 +23,8 @@ from jax.experimental import multihost_utils  # noqa: E402
 from common import ADAM_EPS, init_base, shard_info, tiny_llama, token_batch  # noqa: E402
 from rlhf_jax.lora import LoraConfig, init_lora  # noqa: E402
 from rlhf_jax.model import Transformer, init_head  # noqa: E402
-from rlhf_jax.sharding import (MeshConfig, make_mesh, param_shardings, process_rows, replicated, shard_batch,  # noqa: E402
-                               shard_params)
+from rlhf_jax.sharding import (MeshConfig, make_mesh, param_shardings, process_rows,  # noqa: E402
+                               replicated, shard_batch, shard_params)
 from rlhf_jax.train import OptimConfig, RewardConfig, init_state, make_optimizer, make_reward_step  # noqa: E402
 
 STEPS, BATCH, T = 3, 8, 10
