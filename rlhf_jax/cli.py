@@ -122,7 +122,7 @@ def cmd_ppo(args) -> int:
     rows = _read_rows(args.prompts)
     mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
     rm = load_reward_model(args.reward)
-    trainer = PPOTrainer(mc, base, tok, _column(rows, "prompt", args.prompts), ModelReward(model_config=mc, reward_model=rm), cfg)
+    trainer = PPOTrainer(mc, base, tok, _column(rows, args.prompt_field, args.prompts), ModelReward(model_config=mc, reward_model=rm), cfg)
     res = trainer.train()
     _write_config(args.out, cfg)
     policy = res.state.params["policy"]
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_model(p)
     p.add_argument("--reward", required=True, help="reward model folder written by `rlhf-jax reward`")
     p.add_argument("--prompts", required=True, help="JSONL/Parquet with a 'prompt' field")
+    p.add_argument("--prompt-field", default="prompt", help="name of the prompt field (default: prompt)")
     add_config_flags(p, PPOConfig)
     p.set_defaults(func=cmd_ppo)
 

@@ -49,7 +49,7 @@ def cmd_evaluate(args) -> int:
             raise SystemExit(f"error: {folder} has vocab {pmc.vocab_size}, the reference {mc.vocab_size}")
         models.append(ModelSpec(os.path.basename(os.path.normpath(folder)), pmc, {"params": pparams}))
     rows = _read_rows(args.prompts)
-    prompts = _column(rows, "prompt", args.prompts)[: args.max_prompts]
+    prompts = _column(rows, args.prompt_field, args.prompts)[: args.max_prompts]
     reward = ModelReward(model_config=mc, reward_model=load_reward_model(args.reward)) if args.reward else None
     report = evaluate(models, reference=ref, tokenizer=tok, prompts=prompts, reward=reward,
                       config=EvalConfig(sampling=SamplingConfig(max_new_tokens=args.max_new_tokens,
@@ -73,6 +73,7 @@ def add_evaluate_export(sub) -> None:
     p.add_argument("--reward", help="reward model folder written by `rlhf-jax reward` (over --model's base)")
     p.add_argument("--prompts", required=True, help="JSONL/Parquet with a 'prompt' field")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--prompt-field", default="prompt", help="name of the prompt field (default: prompt)")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=64, help="completion length (default 64)")

@@ -152,3 +152,15 @@ def test_load_pairs_from_prefix_form_jsonl():
     assert ds.column_names == COLUMNS
     assert ds["prompt"] == ["A dog is", "Human: Is a dog furry?\n\nAssistant:"]
     assert ds["margin"] == [2.0, None]
+
+
+def test_identical_completions_ranked_apart_give_no_pair_and_are_counted():
+    from rlhf_jax.feedback import Label, RankedFeedback, feedback_to_pairs
+
+    rec = RankedFeedback(prompt_id="p", prompt="A dog is", completions=("furry", "furry", "green"),
+                         criterion="helpful", instructions_id="v1",
+                         labels=(Label(labeler="a", ranking=(1, 2, 3), flagged=()),))
+    pairs, report = feedback_to_pairs([rec])
+    # 3 strict pairs: (0,1) is the same text twice -> dropped and counted; (0,2), (1,2) kept
+    assert report.identical_pairs == 1 and report.pairs == 2 == len(pairs)
+    assert all(row["chosen"] != row["rejected"] for row in pairs)

@@ -1,7 +1,7 @@
 """Several hosts: two processes on this machine (``jax.distributed.initialize`` over 127.0.0.1, gloo
 CPU collectives, 2 devices each) train the reward model on a global (data=1, fsdp=2, tensor=2)
-mesh, each feeding only its rows of every global batch; losses and final parameters equal a
-one-process, one-device run."""
+mesh, fed alternately the whole global batch (each process keeps its rows) and only each
+process's rows; losses and final parameters equal a one-process, one-device run."""
 
 import json
 

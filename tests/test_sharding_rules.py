@@ -9,7 +9,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model import ModelConfig, Transformer, init_head
-from rlhf_jax.sharding import (MeshConfig, default_rules, fit_spec, make_mesh, param_shardings, param_specs,
+from rlhf_jax.sharding import (MeshConfig, default_rules, fit_spec, jit_step, make_mesh, param_shardings, param_specs,
                                path_string, process_rows, shard_batch, shard_params, spec_for)
 from rlhf_jax.train import OptimConfig, init_state, make_optimizer
 
@@ -144,3 +144,21 @@ def test_one_device_mesh_places_params_and_batches():
     assert batch["ids"].sharding.spec == P(("data", "fsdp")) and batch["n"].sharding.spec == P()
     assert batch["none"] is None
     assert process_rows(mesh, 6) == slice(0, 6)
+
+
+def test_no_mesh_is_the_identity_and_jit_step_keeps_the_layout():
+    tree = {"lm_head": jnp.ones((4, 6)), "n": jnp.zeros((), jnp.int32)}
+    assert shard_params(tree, None) is tree and shard_batch(tree, None) is tree
+    assert shard_params(tree, None, dtype=jnp.bfloat16)["lm_head"].dtype == jnp.bfloat16
+    assert shard_params(tree, None, dtype=jnp.bfloat16)["n"].dtype == jnp.int32
+
+    def step(state, x):
+        new = {"lm_head": state["lm_head"] + x, "n": state["n"] + 1}
+        return new, {"sum": jnp.sum(new["lm_head"])}
+
+    for mesh in (None, make_mesh(MeshConfig(), devices=jax.devices()[:1])):
+        state = shard_params({k: jnp.copy(v) for k, v in tree.items()}, mesh)
+        new, metrics = jit_step(step, mesh, state)(state, jnp.float32(2.0))
+        assert float(metrics["sum"]) == 72.0 and int(new["n"]) == 1
+        if mesh is not None:
+            assert new["lm_head"].sharding.spec == P("fsdp", "tensor") and metrics["sum"].sharding.spec == P()

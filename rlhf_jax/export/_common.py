@@ -36,12 +36,8 @@ def param_shapes(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
 
 
 def name_table(config: ModelConfig) -> dict[Path, tuple[str, bool]]:
-    """:func:`rlhf_jax.model.hf_name_table`, plus GPT-2's own LM head when the embeddings are not
-    tied (the import table leaves it out because Hugging Face GPT-2 checkpoints are always tied)."""
-    table = dict(hf_name_table(config))
-    if config.arch == "gpt2" and not config.tie_word_embeddings:
-        table[("lm_head",)] = ("lm_head.weight", True)
-    return table
+    """:func:`rlhf_jax.model.hf_name_table` (one table for import and export)."""
+    return dict(hf_name_table(config))
 
 
 def module_table(config: ModelConfig) -> dict[Path, str]:

@@ -85,6 +85,10 @@ class PairsReport:
     tied_votes: int = 0
     """Completions with as many ups as downs, left out (binary feedback)."""
 
+    identical_pairs: int = 0
+    """Pairs dropped because chosen and rejected are the same text (a model sampled it twice and
+    the labelers ranked the copies apart): no preference can be learned from them."""
+
     def summary(self) -> str:
         """One line per non-zero count."""
         items = [(k, v) for k, v in self.__dict__.items() if v]
@@ -95,7 +99,7 @@ class PairsReport:
 def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, PairsReport]:
     """Pairs from an already built consensus; see `feedback_to_pairs`."""
     rows: list[PairRecord] = []
-    tied = flagged_pairs = flagged = empty = 0
+    tied = flagged_pairs = flagged = empty = identical = 0
     for pc in result.prompts:
         rp = ranking_to_pairs(pc.ranks)
         tied += rp.tied_pairs
@@ -104,6 +108,9 @@ def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, Pairs
         empty += not rp.pairs
         n_lab = len(pc.labelers)
         for c, r in rp.pairs:
+            if pc.completions[c] == pc.completions[r]:
+                identical += 1
+                continue
             gaps = [v[r] - v[c] for v in pc.labeler_ranks]  # type: ignore[operator]
             rows.append(PairRecord(
                 prompt_id=pc.prompt_id, prompt=pc.prompt, chosen=pc.completions[c],
@@ -114,7 +121,7 @@ def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, Pairs
         tied_pairs=tied, flagged_pairs=flagged_pairs, flagged_completions=flagged,
         prompts_without_pairs=empty + len(result.prompts_without_labelers),
         excluded_labelers=result.excluded_labelers,
-        prompts_without_labelers=len(result.prompts_without_labelers))
+        prompts_without_labelers=len(result.prompts_without_labelers), identical_pairs=identical)
     return records_to_dataset(rows), report
 
 

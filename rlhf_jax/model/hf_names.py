@@ -55,6 +55,8 @@ def _gpt2_table(c: ModelConfig) -> dict[Path, tuple[str, bool]]:
         for mod, proj in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj")):
             t[(L, mod, proj, "kernel")] = (f"{hf}.{mod}.{proj}.weight", False)
             t[(L, mod, proj, "bias")] = (f"{hf}.{mod}.{proj}.bias", False)
+    if not c.tie_word_embeddings:
+        t[("lm_head",)] = ("lm_head.weight", True)
     return t
 
 

@@ -38,17 +38,19 @@ def positions_from_mask(attention_mask: Int[Array, "B T"], offset: Int[Array, "B
     return jnp.maximum(pos, 0) + jnp.asarray(offset, jnp.int32)[..., None]
 
 
-def attend(q: Float[Array, "B T N H"], k: Float[Array, "B S K H"], v: Float[Array, "B S K H"],
+def attend(q: Float[Array, "B T N H"], k: Float[Array, "B K S H"], v: Float[Array, "B K S H"],
            visible: Bool[Array, "B T S"]) -> Float[Array, "B T N H"]:
-    """Grouped-query scaled dot-product attention; softmax in float32."""
+    """Grouped-query scaled dot-product attention; softmax in float32. Keys and values are laid
+    out ``[B, K, S, H]`` (the KV cache's layout), so a decode step reads the cache without a
+    transpose."""
     b, t, n, h = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     qg = q.reshape(b, t, kv, n // kv, h)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(h))
     scores = jnp.where(visible[:, None, None, :, :], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
     return out.reshape(b, t, n, h)
 
 
@@ -60,8 +62,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, visible, kv_cache, write_index, deterministic=True):
-        """``kv_cache``: ``None`` or the full ``(keys, values)`` buffers ``[L, B, S, K, H]``; this
-        layer writes its new keys/values in place (``dynamic_update_slice``) and returns them."""
+        """``kv_cache``: ``None`` or this layer's ``(keys, values)`` buffers ``[B, K, S, H]``; the
+        new keys/values are written in place (``dynamic_update_slice``) and the buffers returned."""
         c = self.config
         dt = c.jnp_dtype
         b, t, _ = x.shape
@@ -78,14 +80,15 @@ class Attention(nn.Module):
         if c.arch == "llama":
             inv_freq = rope_frequencies(c)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # B K T H
         new_cache = None
         if kv_cache is not None:
             ck, cv = kv_cache
-            at = (self.layer, 0, write_index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
-            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
+            at = (0, 0, write_index, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), at)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), at)
             new_cache = (ck, cv)
-            k, v = ck[self.layer].astype(dt), cv[self.layer].astype(dt)
+            k, v = ck.astype(dt), cv.astype(dt)
         out = attend(q, k, v, visible).reshape(b, t, n * h)
         if c.arch == "gpt2":
             out = dense(c.hidden_size, True, "c_proj")(out, deterministic)
@@ -181,10 +184,14 @@ class Transformer(nn.Module):
             x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=dt, param_dtype=dt,
                              embedding_init=nn.initializers.normal(0.01), name="pos_embed")(positions)
 
-        kv_cache = None if cache is None else (cache.keys, cache.values)
+        new_keys, new_values = [], []
         for i in range(c.num_layers):
+            kv_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x, kv_cache = Block(c, self.lora, i, name=f"layers_{i}")(x, positions, visible, kv_cache,
                                                                     write_index, deterministic)
+            if cache is not None:
+                new_keys.append(kv_cache[0])
+                new_values.append(kv_cache[1])
         hidden = _norm(c, "final_norm")(x)
 
         logits = None
@@ -197,5 +204,5 @@ class Transformer(nn.Module):
                 logits = jnp.einsum("BTD,DV->BTV", hidden, kernel, preferred_element_type=jnp.float32)
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(kv_cache[0], kv_cache[1], key_mask, write_index + t)
+            new_cache = KVCache(tuple(new_keys), tuple(new_values), key_mask, write_index + t)
         return ModelOutput(logits, hidden if return_hidden else None, new_cache)

@@ -104,29 +104,34 @@ def batch_divisor(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
 
 
-def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
+def shard_batch(batch: PyTree, mesh: Mesh | None, *, process_local: bool = False) -> PyTree:
     """Place every array leaf of ``batch`` with its leading axis over ``("data", "fsdp")``
-    (0-d leaves are replicated; ``None`` leaves stay ``None``).
+    (0-d leaves are replicated; ``None`` leaves stay ``None``). ``mesh=None``: ``batch`` is
+    returned unchanged (one device), so a trainer can call this unconditionally.
 
-    One process: leaves are the global batch (NumPy or JAX arrays). Several processes
-    (``jax.distributed``): each process passes its own rows -- those of the devices it holds,
-    see :func:`process_rows` -- and the result is one global array per leaf
-    (``jax.make_array_from_process_local_data``).
+    ``process_local=False``: the leaves are the global batch, and with several processes every
+    process passes the same global batch (e.g. the same seed-determined rows) and keeps only the
+    rows of its own devices. ``process_local=True`` (several processes): each process passes just
+    its own rows, :func:`process_rows`, and the global batch is assembled from them
+    (``jax.make_array_from_process_local_data``) -- for input pipelines that read per host.
     """
+    if mesh is None:
+        return batch
     sharding, rep = batch_sharding(mesh), replicated(mesh)
     div = batch_divisor(mesh)
     multi = jax.process_count() > 1
 
     def place(x):
-        if np.ndim(x) == 0:
-            return (jax.make_array_from_process_local_data(rep, np.asarray(x)) if multi
-                    else jax.device_put(x, rep))
-        if multi:
-            return jax.make_array_from_process_local_data(sharding, np.asarray(x))
-        if np.shape(x)[0] % div:
+        target = rep if np.ndim(x) == 0 else sharding
+        if process_local and multi:
+            return jax.make_array_from_process_local_data(target, np.asarray(x))
+        if np.ndim(x) and np.shape(x)[0] % div:
             raise ValueError(f"shard_batch: batch size {np.shape(x)[0]} is not a multiple of "
                              f"data * fsdp = {div}; pad the batch or change the mesh")
-        return jax.device_put(x, sharding)
+        if multi:
+            host = np.asarray(x)
+            return jax.make_array_from_callback(host.shape, target, lambda idx: host[idx])
+        return jax.device_put(x, target)
 
     return jax.tree_util.tree_map(place, batch)
 

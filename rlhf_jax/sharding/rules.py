@@ -166,12 +166,18 @@ def _put(x, sharding: NamedSharding, dtype):
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def shard_params(tree: PyTree, mesh: Mesh, *, rules: Rules | None = None, dtype=None) -> PyTree:
+def shard_params(tree: PyTree, mesh: Mesh | None, *, rules: Rules | None = None, dtype=None) -> PyTree:
     """``tree`` placed on ``mesh`` with :func:`param_shardings`. ``dtype`` (e.g.
     ``jnp.bfloat16``) first casts the floating-point leaves -- for a base loaded in float32 and
     held in bfloat16; leave it ``None`` for adapters and optimizer state (float32 master copies).
+    ``mesh=None``: ``tree`` is returned unchanged (apart from ``dtype``).
 
     Several processes: each passes the same full values (from the same checkpoint or seed); each
     keeps only the shards of its own devices."""
+    if mesh is None:
+        if dtype is None:
+            return tree
+        return jax.tree_util.tree_map(
+            lambda x: x.astype(dtype) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x, tree)
     shardings = param_shardings(tree, mesh, rules)
     return jax.tree_util.tree_map(lambda x, s: _put(x, s, dtype), tree, shardings)

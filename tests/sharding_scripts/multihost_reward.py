@@ -1,8 +1,9 @@
 """Reward-model training across processes: ``multihost_reward.py OUT multi PROCESS_ID PORT`` is one of
 two processes (2 CPU devices each, gloo collectives over 127.0.0.1) that build a global
 (data=1, fsdp=2, tensor=2) mesh -- fsdp across the processes, tensor inside each -- and train on
-global batches, each process feeding only its own rows; ``multihost_reward.py OUT single`` is the
-one-process, one-device reference. Both write the per-step losses and the final parameters."""
+global batches (alternately, every process passes the whole batch or only its own rows);
+``multihost_reward.py OUT single`` is the one-process, one-device reference. Both write the
+per-step losses and the final parameters."""
 
 import json
 import sys
@@ -23,8 +24,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 from common import ADAM_EPS, init_base, shard_info, tiny_llama, token_batch  # noqa: E402
 from rlhf_jax.lora import LoraConfig, init_lora  # noqa: E402
 from rlhf_jax.model import Transformer, init_head  # noqa: E402
-from rlhf_jax.sharding import (MeshConfig, make_mesh, param_shardings, process_rows,  # noqa: E402
-                               replicated, shard_batch, shard_params)
+from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, process_rows, shard_batch, shard_params  # noqa: E402
 from rlhf_jax.train import OptimConfig, RewardConfig, init_state, make_optimizer, make_reward_step  # noqa: E402
 
 STEPS, BATCH, T = 3, 8, 10
@@ -56,10 +56,13 @@ else:
     mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2))
     rows = process_rows(mesh, BATCH)
     state, base = shard_params(state, mesh), shard_params(base, mesh)
-    step = jax.jit(step, donate_argnums=0, out_shardings=(param_shardings(state, mesh), replicated(mesh)))
+    step = jit_step(step, mesh, state)
     for i in range(STEPS):
-        local = {k: v[rows] for k, v in global_batch(i).items()}  # only this process's rows
-        state, m = step(state, shard_batch(local, mesh), base)
+        if i % 2:  # every process passes only its own rows
+            data = shard_batch({k: v[rows] for k, v in global_batch(i).items()}, mesh, process_local=True)
+        else:  # every process passes the same global batch and keeps its rows
+            data = shard_batch(global_batch(i), mesh)
+        state, m = step(state, data, base)
         losses.append(float(multihost_utils.process_allgather(m["loss"], tiled=True)))
     final = multihost_utils.process_allgather(state.params, tiled=True)
     q = base["layers_0"]["attn"]["q_proj"]["kernel"]

@@ -9,7 +9,7 @@ from common import ADAM_EPS, init_base, randomize_b, report, shard_info, tiny_ll
 from rlhf_jax.lora import LoraConfig, init_lora
 from rlhf_jax.model import Transformer, init_head
 from rlhf_jax.rollout import SamplingConfig, generate
-from rlhf_jax.sharding import MeshConfig, make_mesh, param_shardings, replicated, shard_batch, shard_params
+from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train import ModelReward, OptimConfig, PPOConfig, PPOState, RewardModel, make_optimizer, make_ppo_step
 
 mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
@@ -53,7 +53,7 @@ init = jax.jit(lambda p: PPOState(jnp.zeros((), jnp.int32), p, opt.init(p), kl_c
 rollout = jax.tree_util.tree_map(np.asarray, ro_single)
 single, m1 = jax.jit(step)(init(params), base, reward.arrays(), rollout, None)
 sharded = shard_params(init(params), mesh)
-mesh_step = jax.jit(step, donate_argnums=0, out_shardings=(param_shardings(sharded, mesh), replicated(mesh)))
+mesh_step = jit_step(step, mesh, sharded)
 sharded, m8 = mesh_step(sharded, mesh_base, shard_params(reward.arrays(), mesh), shard_batch(rollout, mesh), None)
 keys = ("loss", "policy_loss", "value_loss", "score", "kl", "entropy", "value_mean")
 out["ppo"] = {

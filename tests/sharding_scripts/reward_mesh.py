@@ -7,7 +7,7 @@ import numpy as np
 from common import ADAM_EPS, init_base, report, shard_info, tiny_gpt2, token_batch, where_max_diff
 from rlhf_jax.lora import LoraConfig, init_lora
 from rlhf_jax.model import Transformer, init_head
-from rlhf_jax.sharding import MeshConfig, make_mesh, param_shardings, replicated, shard_batch, shard_params
+from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train import OptimConfig, RewardConfig, init_state, make_optimizer, make_reward_step
 
 STEPS = 3
@@ -27,7 +27,7 @@ init = jax.jit(lambda p: init_state(p, opt, 0))
 single, sharded = init(params), shard_params(init(params), mesh)
 mesh_base, data = shard_params(base, mesh), shard_batch(batch, mesh)
 single_step = jax.jit(step)
-mesh_step = jax.jit(step, donate_argnums=0, out_shardings=(param_shardings(sharded, mesh), replicated(mesh)))
+mesh_step = jit_step(step, mesh, sharded)
 losses_single, losses_mesh = [], []
 for _ in range(STEPS):
     single, m1 = single_step(single, batch, base)

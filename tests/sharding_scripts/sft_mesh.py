@@ -9,7 +9,7 @@ import numpy as np
 from common import ADAM_EPS, init_base, max_diff, report, shard_info, tiny_llama, token_batch, where_max_diff
 from rlhf_jax.lora import LoraConfig, init_lora
 from rlhf_jax.model import Transformer
-from rlhf_jax.sharding import MeshConfig, make_mesh, param_shardings, replicated, shard_batch, shard_params
+from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train import OptimConfig, SFTData, init_state, make_optimizer, make_sft_step
 
 LR = 1e-3
@@ -25,11 +25,6 @@ batch = SFTData(tokens, mask, loss_mask)
 half = lambda rows: SFTData(*(x[rows] for x in batch))
 
 
-def sharded_jit(step, state):
-    """The intended public use: the library's unjitted step, jitted with the state's shardings."""
-    return jax.jit(step, donate_argnums=0, out_shardings=(param_shardings(state, mesh), replicated(mesh)))
-
-
 def fresh_state(params, optimizer):
     return jax.jit(lambda p: init_state(p, optimizer, 0))(params)
 
@@ -40,7 +35,7 @@ step, _ = make_sft_step(Transformer(cfg), opt)
 single_step = jax.jit(step)
 single = fresh_state(base, opt)
 sharded = shard_params(fresh_state(base, opt), mesh)
-mesh_step = sharded_jit(step, sharded)
+mesh_step = jit_step(step, mesh, sharded)
 data = shard_batch(batch, mesh)
 out["batch_tokens"] = shard_info(data.input_ids)
 losses_single, losses_mesh, first = [], [], None
@@ -68,7 +63,7 @@ out["full"] = {
 acc_opt = make_optimizer(OptimConfig(learning_rate=LR, eps=ADAM_EPS, grad_accum_steps=2))
 acc_step, _ = make_sft_step(Transformer(cfg), acc_opt)
 acc = shard_params(fresh_state(base, acc_opt), mesh)
-acc_jit = sharded_jit(acc_step, acc)
+acc_jit = jit_step(acc_step, mesh, acc)
 acc, m_a = acc_jit(acc, shard_batch(half(slice(0, 4)), mesh), None)
 after_first = max_diff(base, acc.params)
 acc, m_b = acc_jit(acc, shard_batch(half(slice(4, 8)), mesh), None)
@@ -89,7 +84,7 @@ base16 = shard_params(base, mesh, dtype=jnp.bfloat16)
 opt16 = make_optimizer(OptimConfig(learning_rate=LR))
 step16, _ = make_sft_step(model16, opt16)
 s16 = shard_params(fresh_state(adapter, opt16), mesh)
-s16_jit = sharded_jit(step16, s16)
+s16_jit = jit_step(step16, mesh, s16)
 losses16 = []
 for _ in range(2):
     s16, m16 = s16_jit(s16, data, base16)
