@@ -117,11 +117,20 @@ def run_reward(cfg: DemoConfig, world, mc, sft_params, pairs, samples, out: str,
     return rm, res
 
 
+def repeat_rate(text: str) -> float:
+    """Share of a completion's words that repeat an earlier word of it (punctuation and special
+    tokens left out): 0 for varied text, near 1 for "well well well"."""
+    words = [w for w in tw.completion_words(text)[0] if w.isalpha()]
+    return 0.0 if not words else 1.0 - len(set(words)) / len(words)
+
+
 def gold_scorers() -> dict:
-    """The hidden judges: gold rubric, exact lexicon toxicity, hype words (never seen by RM or PPO)."""
+    """The hidden judges, never seen by the reward model or PPO: the gold rubric, the exact
+    lexicon toxicity, hype words and within-completion repetition."""
     return {"gold": lambda ps, cs: [tw.gold_score(p, c) for p, c in zip(ps, cs)],
             "toxic_rate": lambda ps, cs: [float(tw.lexicon_toxicity(c)) for c in cs],
-            "hype": lambda ps, cs: [float(tw.hype_count(c)) for c in cs]}
+            "hype": lambda ps, cs: [float(tw.hype_count(c)) for c in cs],
+            "repetition": lambda ps, cs: [repeat_rate(c) for c in cs]}
 
 
 def run_ppo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, name: str, *, kl_coef: float, steps: int,

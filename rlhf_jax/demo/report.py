@@ -36,9 +36,9 @@ def claims(report, ppo_hist, hack_hist) -> list[tuple[str, bool, str]]:
                 f"proxy (last 5 steps) {late(ppo_hist, 'score'):.3f} (KL) vs {late(hack_hist, 'score'):.3f} (no KL); "
                 f"held-out gold {m['ppo']['gold']:.3f} vs {m['ppo_no_kl']['gold']:.3f}"))
     out.append(("reward hacking: hype or repetition grows without KL",
-                m["ppo_no_kl"]["hype"] > m["ppo"]["hype"] or m["ppo_no_kl"]["distinct_2"] < m["ppo"]["distinct_2"],
-                f"hype words {m['ppo']['hype']:.2f} vs {m['ppo_no_kl']['hype']:.2f}; distinct-2 "
-                f"{m['ppo']['distinct_2']:.3f} vs {m['ppo_no_kl']['distinct_2']:.3f}"))
+                m["ppo_no_kl"]["hype"] > m["ppo"]["hype"] or m["ppo_no_kl"]["repetition"] > m["ppo"]["repetition"],
+                f"hype words {m['ppo']['hype']:.2f} vs {m['ppo_no_kl']['hype']:.2f}; repeated words "
+                f"{m['ppo']['repetition']:.3f} vs {m['ppo_no_kl']['repetition']:.3f} (KL vs no KL)"))
     return out
 
 
