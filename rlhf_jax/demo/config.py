@@ -49,7 +49,7 @@ class DemoConfig:
     """Episodes per PPO step."""
     ppo_learning_rate: float = 2e-3
     """PPO learning rate (policy and critic adapters)."""
-    kl_coef: float = 0.1
+    kl_coef: float = 0.2
     """KL coefficient of the main run."""
     max_new_tokens: int = 24
     """Longest completion."""
