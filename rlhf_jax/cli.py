@@ -49,10 +49,20 @@ def _write_config(out: str, config) -> None:
         json.dump(config_to_dict(config), f, indent=2)
 
 
-def _run(config, out: str):
+def _run(config, args):
+    """The config with ``run.out_dir`` from ``--out`` and ``run.mesh`` from ``--mesh``."""
     import dataclasses
 
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, out_dir=out))
+    run = dataclasses.replace(config.run, out_dir=args.out)
+    if getattr(args, "mesh", None):
+        from rlhf_jax.sharding import MeshConfig
+
+        run = dataclasses.replace(run, mesh=MeshConfig.from_string(args.mesh))
+    if getattr(args, "distributed", False):
+        import jax
+
+        jax.distributed.initialize()  # before any device use; auto-detected on TPU pods, SLURM, MPI
+    return dataclasses.replace(config, run=run)
 
 
 def cmd_demo(args) -> int:
@@ -73,7 +83,7 @@ def cmd_sft(args) -> int:
     from rlhf_jax.model import load_pretrained
     from rlhf_jax.train import SFTConfig, train_sft
 
-    cfg = _run(config_from_args(SFTConfig, args, config_file=args.config), args.out)
+    cfg = _run(config_from_args(SFTConfig, args, config_file=args.config), args)
     rows = _read_rows(args.data)
     mc, params, tok = load_pretrained(args.model, dtype=args.dtype)
     res = train_sft(mc, params, tok, _column(rows, "prompt", args.data), _column(rows, "completion", args.data), cfg)
@@ -94,7 +104,7 @@ def cmd_reward(args) -> int:
     from rlhf_jax.model import Transformer
     from rlhf_jax.train import RewardConfig, normalize_reward_model, raw_scores, save_reward_model, train_reward_model
 
-    cfg = _run(config_from_args(RewardConfig, args, config_file=args.config), args.out)
+    cfg = _run(config_from_args(RewardConfig, args, config_file=args.config), args)
     pairs = load_pairs(args.pairs)
     mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
     res = train_reward_model(mc, base, tok, pairs, cfg)
@@ -118,7 +128,7 @@ def cmd_ppo(args) -> int:
     from rlhf_jax.model import load_pretrained
     from rlhf_jax.train import ModelReward, PPOConfig, PPOTrainer, load_reward_model
 
-    cfg = _run(config_from_args(PPOConfig, args, config_file=args.config), args.out)
+    cfg = _run(config_from_args(PPOConfig, args, config_file=args.config), args)
     rows = _read_rows(args.prompts)
     mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
     rm = load_reward_model(args.reward)
@@ -139,6 +149,9 @@ def _add_common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")
     p.add_argument("--config", help="JSON file of config values (flags override it)")
+    p.add_argument("--mesh", help="device mesh, e.g. data=2,fsdp=2,tensor=2 (-1 fills one axis); default one device")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (one process per host on a pod)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from rlhf_jax.losses import (KLControllerState, adaptive_kl_controller, entropy_
                              ppo_value_loss, token_logprobs)
 from rlhf_jax.model import ModelConfig, Transformer, init_head, value_head
 from rlhf_jax.rollout import Rollout, Sampler, SamplingConfig, decode_responses, left_pad
+from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train.reward_fn import ModelReward, TextReward
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
 from rlhf_jax.train.state import OptimConfig, all_finite, batch_indices, guarded_update, make_optimizer
@@ -255,8 +256,11 @@ class PPOTrainer:
         self.monitors = dict(monitors or {})
         if tokenizer.pad_token_id is None:
             raise ValueError("PPOTrainer: the tokenizer has no pad token; set tokenizer.pad_token first")
+        self.mesh = None if config.run.mesh is None else make_mesh(config.run.mesh)
         self.model_config, self.base, self.tokenizer, self.reward, self.config = (
-            model_config, base, tokenizer, reward, config)
+            model_config, shard_params(base, self.mesh), tokenizer, reward, config)
+        self._reward_arrays = (shard_params(reward.arrays(), self.mesh) if isinstance(reward, ModelReward)
+                               else None)
         self.sampling = dataclasses.replace(config.sampling, pad_id=int(tokenizer.pad_token_id)) \
             if config.sampling.pad_id is None else config.sampling
         self.prompt_texts = list(prompts)
@@ -271,9 +275,9 @@ class PPOTrainer:
         self.critic_lora = critic_lora
         step, self.kl_controller = make_ppo_step(model_config, config, self.optimizer,
                                                  reward if isinstance(reward, ModelReward) else None, critic_lora)
-        self._step = jax.jit(step, donate_argnums=0)
         self.sampler = Sampler(Transformer(model_config, lora=config.policy_lora), self.sampling)
-        self.state = self.init_state()
+        self.state = shard_params(self.init_state(), self.mesh)
+        self._step = jit_step(step, self.mesh, self.state)
 
     def _prepare_prompts(self):
         cfg, mc = self.config, self.model_config
@@ -314,8 +318,8 @@ class PPOTrainer:
         cfg = self.config
         idx = batch_indices(step, self.prompts.tokens.shape[0], cfg.batch_size, cfg.run.seed)
         key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0)
-        ro = self.sampler({"params": self.base, "lora": state.params["policy"]},
-                          self.prompts.tokens[idx], self.prompts.mask[idx], key)
+        tokens, mask = shard_batch((self.prompts.tokens[idx], self.prompts.mask[idx]), self.mesh)
+        ro = self.sampler({"params": self.base, "lora": state.params["policy"]}, tokens, mask, key)
         return ro, idx
 
     def texts(self, ro: Rollout, *, skip_special_tokens: bool = True) -> list[str]:
@@ -328,12 +332,12 @@ class PPOTrainer:
         ext = None
         if isinstance(self.reward, TextReward):
             ext = jnp.asarray(self.reward(prompts, self.texts(ro)))
-        arrays = self.reward.arrays() if isinstance(self.reward, ModelReward) else None
+        arrays = self._reward_arrays
         watched = {}
         if self.monitors:
             texts = self.texts(ro, skip_special_tokens=False)
             watched = {k: float(np.mean(fn(prompts, texts))) for k, fn in self.monitors.items()}
-        self.state, metrics = self._step(self.state, self.base, arrays, ro, ext)
+        self.state, metrics = self._step(self.state, self.base, arrays, shard_batch(ro, self.mesh), ext)
         return dict(metrics, **watched)
 
     def train(self, *, callback: Callable[[int, dict], None] | None = None) -> PPOResult:

@@ -17,6 +17,7 @@ from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings
 from rlhf_jax.lora import LoraConfig, _flatten, _unflatten, init_lora
 from rlhf_jax.losses import bradley_terry_loss, ranking_loss
 from rlhf_jax.model import ModelConfig, Transformer, init_head, score_head
+from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
 from rlhf_jax.train.state import OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer
 
@@ -149,10 +150,12 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: S
     else:  # full fine-tuning trains its own copy of the base
         params = {"params": jax.tree_util.tree_map(jnp.copy, base), "head": head}
         shared = None
+    mesh = None if config.run.mesh is None else make_mesh(config.run.mesh)
+    shared = shard_params(shared, mesh)
     optimizer = make_optimizer(config.optim)
     step_fn, eval_fn = make_reward_step(model_config, config.lora, optimizer, config)
-    step_fn, eval_fn = jax.jit(step_fn, donate_argnums=0), jax.jit(eval_fn)
-    state = init_state(params, optimizer, config.run.seed)
+    state = shard_params(init_state(params, optimizer, config.run.seed), mesh)
+    step_fn, eval_fn = jit_step(step_fn, mesh, state), jax.jit(eval_fn)
     ckpt = Checkpoints(config.run)
     restored = ckpt.restore(state)
     start = 0
@@ -176,7 +179,7 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: S
 
     for step in range(start, config.run.max_steps):
         idx = batch_indices(step, train["input_ids"].shape[0], config.batch_size, config.run.seed)
-        state, metrics = step_fn(state, {k: jnp.asarray(v[idx]) for k, v in train.items()}, shared)
+        state, metrics = step_fn(state, shard_batch({k: jnp.asarray(v[idx]) for k, v in train.items()}, mesh), shared)
         logger.log(step, metrics)
         ckpt.maybe_save(step + 1, state)
     final = evaluate(state.params)

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from rlhf_jax.sharding import MeshConfig
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -35,6 +37,10 @@ class RunConfig:
     """Show a progress bar with the key figures."""
     tensorboard: bool = True
     """Also write TensorBoard event files."""
+    mesh: MeshConfig | None = None
+    """Run on a device mesh (CLI ``--mesh data=2,fsdp=2,tensor=2``): parameters sharded by path
+    (:mod:`rlhf_jax.sharding`), batches split over data x fsdp, so batch sizes must be multiples
+    of data * fsdp. ``None``: one device."""
 
 
 class MetricsLogger:

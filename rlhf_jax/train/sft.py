@@ -14,6 +14,7 @@ from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
 from rlhf_jax.lora import LoraConfig, init_lora, merge_lora
 from rlhf_jax.losses import masked_mean, token_logprobs
 from rlhf_jax.model import ModelConfig, Transformer
+from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
 from rlhf_jax.train.state import OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer
 
@@ -135,12 +136,13 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
     # full fine-tuning trains a copy: the step donates its state, the caller keeps ``params``
     trainable = (init_lora(model, jax.random.PRNGKey(config.run.seed + 1)) if use_lora
                  else jax.tree_util.tree_map(jnp.copy, params))
-    base = params if use_lora else None
+    mesh = None if config.run.mesh is None else make_mesh(config.run.mesh)
+    base = shard_params(params, mesh) if use_lora else None
     optimizer = make_optimizer(config.optim)
     step_fn, eval_fn = make_sft_step(model, optimizer)
-    step_fn = jax.jit(step_fn, donate_argnums=0)
+    state = shard_params(init_state(trainable, optimizer, config.run.seed), mesh)
+    step_fn = jit_step(step_fn, mesh, state)
     eval_fn = jax.jit(eval_fn)
-    state = init_state(trainable, optimizer, config.run.seed)
 
     ckpt = Checkpoints(config.run)
     restored = ckpt.restore(state)
@@ -162,7 +164,7 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
 
     for step in range(start, config.run.max_steps):
         idx = batch_indices(step, train.input_ids.shape[0], config.batch_size, config.run.seed)
-        state, metrics = step_fn(state, _rows(train, idx), base)
+        state, metrics = step_fn(state, shard_batch(_rows(train, idx), mesh), base)
         if config.eval_every and (step + 1) % config.eval_every == 0:
             metrics = dict(metrics, **evaluate(state.params))
         logger.log(step, metrics)
