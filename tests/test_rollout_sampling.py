@@ -15,6 +15,7 @@ from rlhf_jax.rollout import (
     bucket_length,
     bucket_prompts,
     bucket_sizes,
+    categorical,
     generate,
     greedy,
     left_pad,
@@ -106,6 +107,25 @@ def test_filtered_rule_frequencies(kw):
     p = reference_probs(np.asarray(logits), **kw)
     assert np.all(freq[p == 0] == 0)
     assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-12), (freq, p)
+
+
+def test_categorical_large_vocab_with_excluded_tokens():
+    """The blocked inverse-CDF draw on V = 1000 (blocks of 32, the last one padded) with 90% of the
+    tokens at -inf: never an excluded token, frequencies within 5 sigma of the softmax; a single
+    allowed token (top-k = 1) is always drawn."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, 1000).astype(np.float32)
+    allowed = rng.random(1000) < 0.1
+    allowed[[0, 999]] = [False, True]  # the first token excluded, the last (padded block) allowed
+    x = np.where(allowed, logits, -np.inf).astype(np.float32)
+    n = 50_000
+    draws = np.asarray(jax.jit(categorical)(jnp.tile(jnp.asarray(x), (n, 1)), jax.random.PRNGKey(3)))
+    assert allowed[draws].all()
+    p = softmax(np.where(allowed, logits, -np.inf))
+    freq = np.bincount(draws, minlength=1000) / n
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
+    one = np.where(np.arange(1000) == 637, 0.0, -np.inf).astype(np.float32)
+    assert set(np.asarray(categorical(jnp.tile(jnp.asarray(one), (64, 1)), jax.random.PRNGKey(0))).tolist()) == {637}
 
 
 def test_filters_by_hand():
