@@ -40,9 +40,10 @@ def learned(tmp_path_factory):
 def test_reward_rises_and_kl_stays_finite(learned):
     *_, res, _ = learned
     scores = [r["score"] for r in res.history]
-    # the base emits w7 in ~2% of tokens (score ~0.02); PPO must clearly raise it
-    assert np.mean(scores[:3]) < 0.1
-    assert np.mean(scores[-4:]) > np.mean(scores[:3]) + 0.15
+    # step 0 samples from the base (policy = reference), which emits w7 in roughly 1 token of
+    # 10-50; PPO must clearly raise the share (each extra w7 per completion adds 0.125)
+    assert scores[0] < 0.25
+    assert np.mean(scores[-4:]) > scores[0] + 0.15
     assert all(np.isfinite(r["kl"]) for r in res.history)
     assert res.stop_reason == "max_steps"
 
