@@ -180,10 +180,11 @@ def plot_hacking(histories: dict[str, list[dict]], path: str) -> str:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     for name, h in histories.items():
         steps = [r["step"] for r in h]
-        for ax, key in zip(axes, ("score", "gold", "kl", "hype")):
+        for ax, key in zip(axes, ("score", "gold", "kl", "repetition")):
             ax.plot(steps, [r[key] for r in h], label=name, lw=1.5)
             ax.set_title({"score": "proxy reward (reward model)", "gold": "gold rubric (hidden)",
-                          "kl": "KL(policy || reference) per sequence", "hype": "hype words per completion"}[key])
+                          "kl": "KL(policy || reference) per sequence",
+                          "repetition": "repeated words per completion (hidden)"}[key])
             ax.set_xlabel("PPO step")
             ax.grid(alpha=0.3)
     axes[0].legend()
