@@ -1,0 +1,295 @@
+"""Helpers shared by the trainer benchmarks (``bench_sft.py``, ``bench_reward.py``, ``bench_ppo.py``).
+
+- the SAME checkpoint for both sides: a random-init Llama built with PyTorch ``transformers`` and
+  saved in Hugging Face format (ours loads it with ``rlhf_jax.model.load_pretrained``), and the
+  toy world's word-level tokenizer (``rlhf_jax.toyworld.build_world``, vocabulary ~410);
+- the machine's matmul rate (a jitted square matmul, median of several) for the fraction of the
+  limit that a trainer's model FLOPs reach;
+- timing (medians), peak memory (the RSS high-water mark ``VmHWM`` of a child process that runs
+  one side only), markdown tables and ratio lines.
+
+Nothing here imports torch at module level: the child processes that run our side alone must not
+pay for it in their resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+RESULT_TAG = "BENCH_RESULT "
+
+# The CPU model: width 256, 4 blocks, head dim 64, no GQA, SwiGLU width 3 D, untied LM head; the
+# vocabulary is the toy world's (~410 words).
+CPU_SHAPE = dict(width=256, layers=4, heads=4, kv_heads=4, intermediate=768)
+# For the smoke test: seconds, not minutes.
+TINY_SHAPE = dict(width=32, layers=1, heads=2, kv_heads=2, intermediate=64)
+
+
+def gpu_model_config(*, tiny: bool = False):
+    """A 0.5B-class Llama-family config in bfloat16 (the Qwen2-0.5B shape: vocab 151936, width 896,
+    24 blocks, 14 query / 2 key-value heads, SwiGLU 4864, q/k/v bias, tied embeddings).
+    ``tiny=True``: the same kind of config shrunk, to check the GPU mode's code path on a CPU."""
+    from rlhf_jax.model import ModelConfig
+
+    if tiny:
+        return ModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                           intermediate_size=128, qkv_bias=True, tie_word_embeddings=True, dtype="bfloat16",
+                           max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return ModelConfig(vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                       intermediate_size=4864, qkv_bias=True, tie_word_embeddings=True, dtype="bfloat16",
+                       max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def add_common_args(p) -> None:
+    """The flags every trainer benchmark takes."""
+    p.add_argument("--quick", action="store_true", help="fewer steps (a fast smoke run)")
+    p.add_argument("--tiny", action="store_true", help="tiny model and batch (the smoke test; seconds)")
+    p.add_argument("--gpu", action="store_true", help="accelerator mode: ours only, a 0.5B-class bf16 model")
+    p.add_argument("--steps", type=int, default=None, help="measured steps (after 1 warm-up step)")
+    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"],
+                   help="OMP_WAIT_POLICY for torch's OpenMP threads (default PASSIVE: on a shared, "
+                        "oversubscribed machine spin-waiting threads make torch steps 2-20x slower, "
+                        "erratically; on an idle machine ACTIVE is faster)")
+
+
+def set_omp_policy(policy: str) -> None:
+    """Must run before torch is imported (libgomp reads it when its pool starts)."""
+    if "torch" in sys.modules:
+        raise RuntimeError("set_omp_policy must run before torch is imported")
+    os.environ["OMP_WAIT_POLICY"] = policy
+
+
+# --------------------------------------------------------------------------------------------
+# the shared checkpoint and data
+
+
+def build_world_dir(folder: str | Path):
+    """The toy world (prompts, SFT corpus, tokenizer; no toxicity classifier) in ``folder``,
+    built once and reloaded afterwards."""
+    from rlhf_jax.toyworld import WorldConfig, build_world, load_world
+
+    folder = Path(folder)
+    if (folder / "world_config.json").exists():
+        return load_world(folder)
+    return build_world(folder, config=WorldConfig(toxicity=None))
+
+
+def load_world_tokenizer(world_dir: str | Path):
+    """The world's tokenizer, without importing torch (``AutoTokenizer`` would)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(Path(world_dir) / "tokenizer", local_files_only=True)
+
+
+def build_checkpoint(folder: str | Path, *, vocab: int, width: int, layers: int, heads: int, kv_heads: int,
+                     intermediate: int, max_positions: int = 128, seed: int = 0) -> str:
+    """A random-init ``LlamaForCausalLM`` (float32) saved with safetensors to ``folder``; pad 0,
+    bos 1, eos 2 (the toy world's ids). Both libraries load this same folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    hc = LlamaConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                     num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                     max_position_embeddings=max_positions, tie_word_embeddings=False,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    LlamaForCausalLM(hc).float().eval().save_pretrained(str(folder), safe_serialization=True)
+    return str(folder)
+
+
+def matmul_params(cfg, *, lm_head: bool = True) -> int:
+    """N: the parameters that take part in matmuls (the input embedding is a lookup, so it is
+    left out unless it doubles as the LM head). ``lm_head=False`` for a reward / value model,
+    which reads hidden states and never computes logits."""
+    n = cfg.num_params()
+    if not cfg.tie_word_embeddings:
+        n -= cfg.vocab_size * cfg.hidden_size  # the lookup table
+    if not lm_head:
+        n -= cfg.vocab_size * cfg.hidden_size  # the LM head (tied or not)
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# machine limits, timing, memory
+
+
+def machine_line() -> str:
+    import jax
+
+    dev = jax.devices()[0]
+    return (f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), {cores()} of {os.cpu_count()} CPU "
+            f"cores usable, load average {os.getloadavg()[0]:.1f}")
+
+
+def matmul_rate(*, n: int = 1024, dtype: str = "float32", repeats: int = 10) -> list[float]:
+    """FLOP/s samples of a jitted ``[n, n] @ [n, n]`` in ``dtype`` (2 n^3 FLOPs each)."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda a, b: a @ b)
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+    f(a, a).block_until_ready()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        out.append(2 * n ** 3 / (time.perf_counter() - t0))
+    return out
+
+
+def matmul_limit(gpu: bool) -> tuple[float, str]:
+    """(median FLOP/s, description) of the matmul probe: 1024^3 float32 on CPU, 8192^3 bfloat16
+    on an accelerator."""
+    n, dtype = (8192, "bfloat16") if gpu else (1024, "float32")
+    rates = matmul_rate(n=n, dtype=dtype)
+    return statistics.median(rates), f"jitted {n}^3 {dtype} matmul, median of {len(rates)}"
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def rss_now() -> int:
+    """Current resident set size in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """High-water mark of this process's resident set size in bytes: ``VmHWM`` of
+    ``/proc/self/status``, i.e. of the address space since ``exec``. (``ru_maxrss`` would do
+    for a process started from a small parent, but Linux carries the parent's high-water mark
+    over ``fork`` + ``exec`` into it, so a child of the big benchmark process would report the
+    parent's size.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """A child's one-line JSON answer on stdout (read back by :func:`run_child`)."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_child(script: str, argv: Sequence[str], *, timeout: float = 900) -> dict[str, Any]:
+    """Run ``python script argv...`` in a fresh process; return the dict it emitted."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise RuntimeError(f"{script} {' '.join(argv)} failed (rc {proc.returncode}):\n"
+                       f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def steps_line(label: str, times: Sequence[float]) -> str:
+    """Every step's seconds, so that a load spike on this shared machine is visible."""
+    return f"  {label}: " + " ".join(f"{t:.2f}" for t in times)
+
+
+def mib(b: float) -> str:
+    return f"{b / 2 ** 20:,.0f} MiB"
+
+
+def hf_quiet() -> None:
+    """Silence transformers / TRL warnings and progress output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def step_clock(between: Callable[[int], None] | None = None):
+    """A ``transformers.TrainerCallback`` that records the wall time of each optimizer step of a
+    Hugging Face / TRL trainer (from one ``on_step_end`` to the next; the first from
+    ``on_train_begin``) and, after each step, runs ``between(step_index)`` OUTSIDE the timed
+    span: that is where our side's step runs, so both libraries alternate in one process under
+    the same machine load."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self._t0 = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._t0)
+            if between is not None:
+                between(len(self.times) - 1)
+            self._t0 = time.perf_counter()
+
+    return StepClock()
+
+
+def drop_printer(trainer) -> None:
+    """Remove the per-step log printer / progress bar of a Hugging Face trainer."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+
+
+def cores() -> int:
+    """CPU cores this process may run on (``taskset -c 0 python ...`` gives a 1-core comparison:
+    PyTorch's OpenMP pool and XLA's thread pool both follow the affinity mask)."""
+    return len(os.sched_getaffinity(0))
+
+
+def torch_threads() -> int:
+    """PyTorch intra-op threads = the usable cores (XLA's CPU client uses them all too)."""
+    import torch
+
+    torch.set_num_threads(cores())
+    return torch.get_num_threads()
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+    print(flush=True)
+
+
+def ratio_line(what: str, ours: float, peer: float, *, target: float | None = None, higher_is_better: bool = True,
+               unit: str = "") -> str:
+    """``ratio <what>: 1.73x TRL (target >= 1.5x: met)``."""
+    r = ours / peer
+    s = f"ratio {what}: {r:.2f}x TRL"
+    if unit:
+        s += f" ({ours:,.1f} vs {peer:,.1f} {unit})"
+    if target is not None:
+        ok = r >= target if higher_is_better else r <= target
+        s += f" (target {'>=' if higher_is_better else '<='} {target}x: {'met' if ok else 'MISSED'})"
+    return s
