@@ -1,0 +1,405 @@
+"""PPO throughput and peak memory: TRL 1.12's ``trl.experimental.ppo.PPOTrainer`` (four full models:
+policy, reference, value, reward) against our ``rlhf_jax.train.PPOTrainer`` (one frozen base +
+adapters) on the SAME random Llama checkpoint (width 256, 4 blocks, the toy world's ~410-word
+vocabulary), the same prompts left-padded to the same length (16), batch 16 episodes, 48 response
+tokens (no early stop on either side: ours ``eos_ids=()``, TRL ``stop_token=None`` so the policy's
+``eos_token_id`` is ``None``), 4 PPO epochs of 2 minibatches of 8 (8 optimizer updates per step),
+k1 KL penalty, clipped value loss, whitened advantages, temperature 1, float32, no gradient
+checkpointing.
+
+Rows:
+- TRL: its standard layout, four full models; policy and value fully fine-tuned.
+- ours LoRA: policy LoRA r=8 and critic LoRA r=8 (started from the reward adapter), reward LoRA
+  r=8 + score head, all on one base (the library's design).
+- ours full-rank LoRA: our PPOTrainer trains adapters only (no full fine-tuning of policy and
+  critic); the closest we can run is LoRA with rank = width (256) on every block matmul, which can
+  express any update of those kernels (not of embeddings, norms or the LM head). It computes MORE
+  than full fine-tuning (x A B on top of x W), so it is a pessimistic stand-in.
+
+Throughput: the three run in ONE process, alternating step by step (our steps run inside a TRL
+step-end callback, outside TRL's timed span). Episodes/s = 16 / median step time over the steps
+after the first; the first step's excess over the median is reported as compile / warm-up.
+Generation is timed apart (ours: ``PPOTrainer.rollout`` called once more per step; TRL: its
+``batch_generation`` wrapped).
+
+TRL calls ``gc.collect()`` twice per step; in a process that also holds JAX that would scan our
+objects too, so everything alive before training is moved out of the collector's reach
+(``gc.freeze()``): this favours TRL slightly over a TRL-only process.
+
+Peak memory: each run again, alone, in a fresh child process (``--child``) for a few steps: the
+RSS high-water mark (``VmHWM``) at the end, and the resident size after imports (before any model
+is loaded).
+
+Model FLOPs of one PPO step (attention-score FLOPs left out), with T = 16 + 48, B = 16, E = 4,
+N = matmul parameters with the LM head, N_h = without it (critic and reward read hidden states):
+
+    F = 2 N_h B (T - 1) + 2 V D B 48             generation (prefill + decode with logits)
+      + 2 B T (2 N + 2 N_h)                      policy, reference, critic, reward forwards
+      + E B T c (N + N_h)                        updates of policy and critic
+
+with c = 6 for full fine-tuning (TRL, and our full-rank stand-in: its useful work) and c = 4 for
+LoRA (forward + gradient through the activations; the frozen base gets no weight gradient).
+
+    python experiments/bench_ppo.py            # full run, a few minutes on 2 cores
+    python experiments/bench_ppo.py --quick    # 1 + 2 steps
+    python experiments/bench_ppo.py --gpu      # accelerator: ours only, 0.5B-class bf16 model
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+SCRIPT = os.path.abspath(__file__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    batch: int = 16
+    mini_batch: int = 8
+    epochs: int = 4
+    response: int = 48
+    rank: int = 8
+    warmup: int = 1
+    steps: int = 5  # measured steps after the warm-up
+    mem_steps: int = 3
+    lr: float = 1e-5
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bc.add_common_args(p)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-run child processes")
+    p.add_argument("--child", choices=["trl", "lora", "fullrank"], help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    p.add_argument("--world", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def setup_of(args) -> Setup:
+    s = Setup()
+    if args.tiny:
+        s = dataclasses.replace(s, batch=4, mini_batch=2, epochs=1, response=4, rank=4, steps=1, mem_steps=1)
+    elif args.quick:
+        s = dataclasses.replace(s, steps=2, mem_steps=2)
+    if args.gpu and not args.tiny:
+        s = dataclasses.replace(s, batch=64, mini_batch=16, rank=16)
+    if args.steps:
+        s = dataclasses.replace(s, steps=args.steps)
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# our side (never imports torch)
+
+
+def make_ours(variant: str, cfg, base, tokenizer, prompts, s: Setup):
+    """Our PPOTrainer: ``variant`` "lora" (r = s.rank, critic from the reward adapter) or
+    "fullrank" (policy and critic LoRA of rank = width, critic from zero)."""
+    import jax
+
+    from rlhf_jax.lora import LoraConfig, init_lora
+    from rlhf_jax.model import Transformer, init_head
+    from rlhf_jax.rollout import SamplingConfig
+    from rlhf_jax.train import ModelReward, PPOConfig, PPOTrainer, RewardModel, RunConfig
+
+    key = jax.random.PRNGKey(1)
+    rm_lora = LoraConfig(rank=s.rank, alpha=2.0 * s.rank)
+    rm = RewardModel({"lora": init_lora(Transformer(cfg, lora=rm_lora), key),
+                      "head": init_head(jax.random.fold_in(key, 1), cfg.hidden_size)}, lora=rm_lora)
+    rank = s.rank if variant == "lora" else cfg.hidden_size
+    lora = LoraConfig(rank=rank, alpha=2.0 * rank)
+    pc = PPOConfig(policy_lora=lora, critic_lora=lora, critic_init="reward" if variant == "lora" else "zero",
+                   batch_size=s.batch, mini_batch_size=s.mini_batch, ppo_epochs=s.epochs,
+                   sampling=SamplingConfig(max_new_tokens=s.response, temperature=1.0, eos_ids=()),
+                   kl_coef=0.05, kl_estimator="k1", whiten_advantages=True,
+                   optim=dataclasses.replace(PPOConfig().optim, learning_rate=s.lr),
+                   run=RunConfig(progress=False, tensorboard=False, max_steps=10 ** 6))
+    return PPOTrainer(cfg, base, tokenizer, prompts, ModelReward(model_config=cfg, reward_model=rm), pc)
+
+
+def ours_step(trainer, i: int) -> tuple[float, float]:
+    """One whole ``train_step`` (rollout + jitted PPO step), blocked; ``(seconds, mean length)``."""
+    import jax
+
+    t0 = time.perf_counter()
+    m = trainer.train_step(i)
+    jax.block_until_ready(trainer.state)
+    return time.perf_counter() - t0, float(m["response_length"])
+
+
+def ours_rollout_time(trainer, i: int) -> float:
+    """The generation phase alone: one more ``rollout`` with the current state."""
+    import jax
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(trainer.rollout(trainer.state, i)[0])
+    return time.perf_counter() - t0
+
+
+def world_prompts(world_dir):
+    w = bc.build_world_dir(world_dir)
+    return [p.text for p in w.train_prompts]
+
+
+def load_ours(ckpt, world_dir):
+    from rlhf_jax.model import load_pretrained
+
+    cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
+    return cfg, base, bc.load_world_tokenizer(world_dir), world_prompts(world_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# TRL's side
+
+
+def make_trl(ckpt, world_dir, s: Setup, total_steps: int, out_dir: str, callbacks=()):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from rlhf_jax.rollout import left_pad
+
+    bc.hf_quiet()
+    tok = bc.load_world_tokenizer(world_dir)
+    tok.padding_side = "left"
+    # the same prompts as ours, left padded to the same length (TRL masks `input_ids == pad`)
+    ids = tok(world_prompts(world_dir))["input_ids"]
+    pb = left_pad(ids, pad_id=tok.pad_token_id, bucket=16)
+    data = Dataset.from_dict({"input_ids": [list(map(int, r)) for r in pb.tokens]})
+    load = dict(dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(ckpt, **load)
+    ref = AutoModelForCausalLM.from_pretrained(ckpt, **load)
+    value = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1, **load)
+    reward = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1, **load)
+    args = PPOConfig(output_dir=out_dir, per_device_train_batch_size=s.batch, gradient_accumulation_steps=1,
+                     num_mini_batches=s.batch // s.mini_batch, num_ppo_epochs=s.epochs,
+                     total_episodes=s.batch * total_steps, response_length=s.response, temperature=1.0,
+                     stop_token=None, local_rollout_forward_batch_size=s.batch, num_sample_generations=0,
+                     kl_coef=0.05, kl_estimator="k1", learning_rate=s.lr, report_to="none", save_strategy="no",
+                     logging_steps=1, use_cpu=True, seed=0, gradient_checkpointing=False, bf16=False,
+                     disable_tqdm=True, dataloader_num_workers=0)
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=data, eval_dataset=data.select(range(s.batch)),
+                         callbacks=list(callbacks))
+    bc.drop_printer(trainer)
+    return trainer
+
+
+class GenerationTimer:
+    """Wraps TRL's module-level ``batch_generation``: time and response length of each call."""
+
+    def __init__(self):
+        import trl.experimental.ppo.ppo_trainer as mod
+
+        self.mod, self.orig = mod, mod.batch_generation
+        self.times: list[float] = []
+        self.lengths: list[int] = []
+        mod.batch_generation = self
+
+    def __call__(self, model, queries, *a, **k):
+        t0 = time.perf_counter()
+        out = self.orig(model, queries, *a, **k)
+        self.times.append(time.perf_counter() - t0)
+        self.lengths.append(int(out[0].shape[1] - queries.shape[1]))
+        return out
+
+    def restore(self):
+        self.mod.batch_generation = self.orig
+
+
+# --------------------------------------------------------------------------------------------
+# model FLOPs
+
+
+def ppo_flops(cfg, s: Setup, prompt_len: int, c: int) -> float:
+    n, nh = bc.matmul_params(cfg), bc.matmul_params(cfg, lm_head=False)
+    t, b = prompt_len + s.response, s.batch
+    gen = 2 * nh * b * (t - 1) + 2 * cfg.vocab_size * cfg.hidden_size * b * s.response
+    exp = 2 * b * t * (2 * n + 2 * nh)
+    upd = s.epochs * b * t * c * (n + nh)
+    return float(gen + exp + upd)
+
+
+# --------------------------------------------------------------------------------------------
+# child: one run alone, for its peak memory
+
+
+def child(args):
+    s = setup_of(args)
+    total = s.warmup + s.mem_steps
+    if args.child == "trl":
+        import torch  # noqa: F401
+        import trl.experimental.ppo  # noqa: F401
+
+        bc.torch_threads()
+        base_rss = bc.rss_now()
+        clock = bc.step_clock()
+        with tempfile.TemporaryDirectory() as out:
+            trainer = make_trl(args.ckpt, args.world, s, total, out, callbacks=[clock])
+            trainer.train()
+        times = clock.times
+    else:
+        import jax
+
+        import rlhf_jax.train  # noqa: F401
+
+        jax.devices()
+        base_rss = bc.rss_now()
+        trainer = make_ours(args.child, *load_ours(args.ckpt, args.world), s)
+        times = [ours_step(trainer, i)[0] for i in range(total)]
+    bc.emit_result({"peak": bc.peak_rss(), "base": base_rss, "times": times,
+                    "eps": s.batch / bc.median(times[s.warmup:])})
+
+
+# --------------------------------------------------------------------------------------------
+# GPU mode: ours only
+
+
+def gpu_main(args, s: Setup):
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.model import Transformer
+
+    print(bc.machine_line(), flush=True)
+    if jax.default_backend() == "cpu" and not args.tiny:
+        raise SystemExit("--gpu: no accelerator found (jax.default_backend() == 'cpu')")
+    cfg = bc.gpu_model_config(tiny=args.tiny)
+    peak, how = bc.matmul_limit(gpu=not args.tiny)
+    base = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    with tempfile.TemporaryDirectory() as root:
+        world = bc.build_world_dir(Path(root) / "world")
+        trainer = make_ours("lora", cfg, base, world.tokenizer, [p.text for p in world.train_prompts], s)
+        times, gen = [], []
+        for i in range(s.warmup + s.steps):
+            times.append(ours_step(trainer, i)[0])
+            if i >= s.warmup:
+                gen.append(ours_rollout_time(trainer, i))
+    step, g = bc.median(times[s.warmup:]), bc.median(gen)
+    p = trainer.prompts.tokens.shape[1]
+    flops = ppo_flops(cfg, s, p, 4)
+    print(f"\nmatmul limit: {peak / 1e12:.1f} TFLOP/s ({how})\n")
+    bc.print_table(
+        ["model", "batch", "episodes/s", "s/step", "generation tokens/s", "compile s", "model TFLOP/s",
+         "% of matmul"],
+        [[f"{cfg.num_params() / 1e6:.0f}M {cfg.dtype}, LoRA r={s.rank}", s.batch, f"{s.batch / step:.1f}",
+          f"{step:.3f}", f"{s.batch * s.response / g:,.0f}", f"{times[0] - step:.1f}",
+          f"{flops / step / 1e12:.2f}", f"{100 * flops / step / peak:.1f}%"]])
+    print(f"ratio gpu PPO: {s.batch / step:.1f} episodes/s, generation {s.batch * s.response / g:,.0f} tokens/s, "
+          f"{100 * flops / step / peak:.1f}% of the bf16 matmul rate")
+    return {"eps": s.batch / step}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    s = setup_of(args)
+    if args.gpu:
+        return gpu_main(args, s)
+    if "torch" not in sys.modules:
+        bc.set_omp_policy(args.omp_wait_policy)
+    import torch
+
+    bc.hf_quiet()
+    threads = bc.torch_threads()
+    print(f"{bc.machine_line()}; torch {torch.__version__} ({threads} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')})", flush=True)
+    rates = bc.matmul_rate()
+    total = s.warmup + s.steps
+    with tempfile.TemporaryDirectory() as root:
+        world_dir = Path(root) / "world"
+        world = bc.build_world_dir(world_dir)
+        shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
+        ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
+        cfg, base, tok, prompts = load_ours(ckpt, world_dir)
+        ours = {v: make_ours(v, cfg, base, tok, prompts, s) for v in ("lora", "fullrank")}
+        p = ours["lora"].prompts.tokens.shape[1]
+        rec = {v: {"t": [], "len": [], "gen": []} for v in ours}
+
+        def between(i):  # after TRL's step i: our step i for each variant
+            for v, tr in ours.items():
+                dt, ln = ours_step(tr, i)
+                rec[v]["t"].append(dt)
+                rec[v]["len"].append(ln)
+                if i >= s.warmup:
+                    rec[v]["gen"].append(ours_rollout_time(tr, i))
+
+        clock = bc.step_clock(between)
+        gen = GenerationTimer()
+        with tempfile.TemporaryDirectory() as out:
+            trl_trainer = make_trl(ckpt, world_dir, s, total, out, callbacks=[clock])
+            print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} "
+                  f"blocks, vocab {cfg.vocab_size}); prompts {p} tokens (left padded), response {s.response}, "
+                  f"batch {s.batch}, {s.epochs} epochs x {s.batch // s.mini_batch} minibatches; "
+                  f"{s.warmup} warm-up + {s.steps} measured steps", flush=True)
+            gc.collect()
+            gc.freeze()  # TRL's per-step gc.collect() must not scan our objects
+            trl_trainer.train()
+            gc.unfreeze()
+        gen.restore()
+        rows = {"trl": {"t": clock.times, "len": gen.lengths, "gen": gen.times[s.warmup:]}, **rec}
+        mem = {}
+        if not args.no_memory:
+            for v in ("trl", "lora", "fullrank"):
+                mem[v] = bc.run_child(SCRIPT, ["--child", v, "--ckpt", ckpt, "--world", str(world_dir)]
+                                      + (["--tiny"] if args.tiny else []) + (["--quick"] if args.quick else []))
+    rates += bc.matmul_rate()
+    peak = bc.median(rates)
+    names = {"trl": "TRL 1.12 PPOTrainer (4 full models)", "lora": f"ours, LoRA r={s.rank} (one base)",
+             "fullrank": f"ours, full-rank LoRA r={cfg.hidden_size} (full FT stand-in)"}
+    held = {"trl": "policy, ref, value, reward: 4 x base", "lora": "1 base + 3 adapters + 2 heads",
+            "fullrank": "1 base + 2 rank-256 adapters + reward adapter + 2 heads"}
+    c = {"trl": 6, "lora": 4, "fullrank": 6}
+    print(f"\nfloat32 matmul rate (jitted 1024^3, median of {len(rates)}): {peak / 1e9:.1f} GFLOP/s; "
+          f"load average at end {os.getloadavg()[0]:.1f}\n")
+    eps = {}
+    table = []
+    for v, r in rows.items():
+        med = bc.median(r["t"][s.warmup:])
+        eps[v] = s.batch / med
+        f = ppo_flops(cfg, s, p, c[v]) / med
+        table.append([names[v], held[v], f"{eps[v]:.2f}", f"{med:.2f}", f"{bc.median(r['gen']):.2f}",
+                      f"{r['t'][0] - med:.1f}", f"{np.mean(r['len']):.1f}", f"{f / 1e9:.1f}",
+                      f"{100 * f / peak:.1f}%"])
+    bc.print_table(["run", "models held", "episodes/s", "s/step", "generation s/step", "compile / warm-up s",
+                    "mean response length", "model GFLOP/s", "% of matmul rate"], table)
+    print("seconds per step (the first is the warm-up):")
+    for v, r in rows.items():
+        print(bc.steps_line(names[v], r["t"]))
+    print()
+    if mem:
+        bc.print_table(["run (alone, in a child process)", "peak RSS", "RSS after imports", "peak - imports",
+                        "episodes/s (alone)"],
+                       [[names[v], bc.mib(m["peak"]), bc.mib(m["base"]), bc.mib(m["peak"] - m["base"]),
+                         f"{m['eps']:.2f}"] for v, m in mem.items()])
+    print(bc.ratio_line("PPO episodes/s, ours LoRA", eps["lora"], eps["trl"], target=1.5))
+    print(bc.ratio_line("PPO episodes/s, ours full-rank LoRA (full FT stand-in)", eps["fullrank"], eps["trl"],
+                        target=1.2))
+    if mem:
+        print(bc.ratio_line("PPO peak RSS, ours LoRA", mem["lora"]["peak"], mem["trl"]["peak"], target=0.4,
+                            higher_is_better=False))
+        print(bc.ratio_line("PPO peak RSS above imports, ours LoRA", mem["lora"]["peak"] - mem["lora"]["base"],
+                            mem["trl"]["peak"] - mem["trl"]["base"]))
+        print(bc.ratio_line("PPO peak RSS, ours full-rank LoRA", mem["fullrank"]["peak"], mem["trl"]["peak"]))
+    return {"eps": eps, "mem": mem}
+
+
+if __name__ == "__main__":
+    main()
