@@ -1,0 +1,257 @@
+"""SFT throughput: TRL 1.12's ``SFTTrainer`` against our SFT step (``rlhf_jax.train.make_sft_step``,
+jitted once with donation exactly as ``train_sft`` does) on the SAME random Llama checkpoint
+(width 256, 4 blocks, the toy world's ~410-word vocabulary) and the SAME token sequences: 2,048
+prompt + completion examples of the toy world's SFT corpus, tokenised once by our ``encode_sft``
+and handed to TRL pre-tokenised (``input_ids`` + ``completion_mask``, completion-only loss). Batch
+32 sequences, AdamW with gradient clipping 1.0, float32, no gradient checkpointing (TRL's default
+is on; we turn it off, as we do not rematerialise either), no packing.
+
+Padding: ours pads every batch to the longest sequence of the data (one static shape, as
+``train_sft`` does); TRL pads each batch to its own longest sequence. Tokens/s counts REAL tokens:
+32 x the mean real length of the data, the same for both sides, divided by the median step time.
+
+Rows: TRL full fine-tuning; ours full fine-tuning (like for like); ours LoRA r=8 (``SFTConfig``'s
+``lora``). All three run in ONE process, alternating step by step (our steps run inside a TRL
+step-end callback, outside TRL's timed span); the first step is left out of the medians and its
+excess is reported as compile / warm-up.
+
+Model FLOPs (attention-score FLOPs left out): F = c * N * B * T per step with N the matmul
+parameters (all but the input embedding lookup), B * T the positions computed (padding included),
+c = 6 for full fine-tuning, c = 4 for LoRA (forward + gradient through the activations; the
+frozen base gets no weight gradient). Shown next to this machine's float32 matmul rate measured in
+the same run (jitted 1024^3, median of 10 at the start and 10 at the end).
+
+    python experiments/bench_sft.py            # full run (~2 minutes on 2 cores)
+    python experiments/bench_sft.py --quick    # fewer steps
+    python experiments/bench_sft.py --gpu      # accelerator: ours only, 0.5B-class bf16 model
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    batch: int = 32
+    examples: int = 2048
+    rank: int = 8
+    warmup: int = 1
+    steps: int = 10
+    lr: float = 1e-4
+    gpu_length: int = 512
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bc.add_common_args(p)
+    return p.parse_args(argv)
+
+
+def setup_of(args) -> Setup:
+    s = Setup()
+    if args.tiny:
+        s = dataclasses.replace(s, batch=4, examples=64, rank=4, steps=1, gpu_length=32)
+    elif args.quick:
+        s = dataclasses.replace(s, steps=3)
+    if args.gpu and not args.tiny:
+        s = dataclasses.replace(s, batch=16, rank=16)
+    if args.steps:
+        s = dataclasses.replace(s, steps=args.steps)
+    return s
+
+
+class OursSFT:
+    """Our SFT step on a fixed data set: full fine-tuning (``lora=None``) or a LoRA adapter over
+    the frozen base, jitted once (``rlhf_jax.sharding.jit_step``, state donated) as ``train_sft``
+    does; each step takes its rows with ``batch_indices`` and copies them to the device."""
+
+    def __init__(self, cfg, params, data, *, batch: int, lr: float, lora=None, seed: int = 0):
+        import jax
+        import jax.numpy as jnp
+
+        from rlhf_jax.lora import init_lora
+        from rlhf_jax.model import Transformer
+        from rlhf_jax.sharding import jit_step
+        from rlhf_jax.train import OptimConfig, init_state, make_optimizer, make_sft_step
+
+        model = Transformer(cfg, lora=lora)
+        trainable = (init_lora(model, jax.random.PRNGKey(seed + 1)) if lora is not None
+                     else jax.tree_util.tree_map(jnp.copy, params))
+        self.base = params if lora is not None else None
+        opt = make_optimizer(OptimConfig(learning_rate=lr))
+        step, _ = make_sft_step(model, opt)
+        self.state = init_state(trainable, opt, seed)
+        self.step_fn = jit_step(step, None, self.state)
+        self.data, self.batch, self.seed = data, batch, seed
+
+    def __call__(self, i: int) -> float:
+        import jax
+        import jax.numpy as jnp
+
+        from rlhf_jax.train import SFTData, batch_indices
+
+        t0 = time.perf_counter()
+        idx = batch_indices(i, self.data.input_ids.shape[0], self.batch, self.seed)
+        rows = SFTData(*(jnp.asarray(x[idx]) for x in self.data))
+        self.state, m = self.step_fn(self.state, rows, self.base)
+        jax.block_until_ready((self.state, m))
+        return time.perf_counter() - t0
+
+
+def make_trl(ckpt, tok, data, s: Setup, total_steps: int, out_dir: str, callbacks=()):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    bc.hf_quiet()
+    ids, lm = [], []
+    for row, mask, loss in zip(data.input_ids, data.attention_mask, data.loss_mask):
+        keep = mask > 0  # strip our left padding: the same real tokens, TRL pads on the right
+        ids.append(row[keep].tolist())
+        lm.append(loss[keep].tolist())
+    ds = Dataset.from_dict({"input_ids": ids, "completion_mask": lm})
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    args = SFTConfig(output_dir=out_dir, per_device_train_batch_size=s.batch, gradient_accumulation_steps=1,
+                     max_steps=total_steps, learning_rate=s.lr, max_length=data.input_ids.shape[1],
+                     completion_only_loss=True, packing=False, padding_free=False, gradient_checkpointing=False,
+                     bf16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=10 ** 6,
+                     disable_tqdm=True, dataloader_num_workers=0, seed=0, max_grad_norm=1.0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
+    bc.drop_printer(trainer)
+    return trainer
+
+
+def sft_data(world, s: Setup):
+    from rlhf_jax.train import encode_sft
+
+    order = np.random.default_rng(0).permutation(len(world.corpus))[:s.examples]
+    ex = [world.corpus[i] for i in order]
+    longest = max(len(world.tokenizer(e.prompt + " " + e.completion)["input_ids"]) for e in ex)
+    data, report = encode_sft(world.tokenizer, [e.prompt for e in ex], [e.completion for e in ex],
+                              max_length=longest, append_eos=False)  # completions end with </s> already
+    assert report.skipped == 0
+    return data
+
+
+def gpu_main(args, s: Setup):
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.lora import LoraConfig
+    from rlhf_jax.model import Transformer
+    from rlhf_jax.train import SFTData
+
+    print(bc.machine_line(), flush=True)
+    if jax.default_backend() == "cpu" and not args.tiny:
+        raise SystemExit("--gpu: no accelerator found (jax.default_backend() == 'cpu')")
+    cfg = bc.gpu_model_config(tiny=args.tiny)
+    peak, how = bc.matmul_limit(gpu=not args.tiny)
+    params = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    b, t = s.batch, s.gpu_length
+    ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (4 * b, t)).astype(np.int32)
+    data = SFTData(ids, np.ones_like(ids), np.ones_like(ids))
+    n = bc.matmul_params(cfg)
+    rows = []
+    for name, lora, c in (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4)):
+        run = OursSFT(cfg, params, data, batch=b, lr=s.lr, lora=lora)
+        times = [run(i) for i in range(s.warmup + s.steps)]
+        med = bc.median(times[s.warmup:])
+        f = c * n * b * t / med
+        rows.append([f"{cfg.num_params() / 1e6:.0f}M {cfg.dtype}, {name}", f"{b} x {t}", f"{b * t / med:,.0f}",
+                     f"{med:.3f}", f"{times[0] - med:.1f}", f"{f / 1e12:.2f}", f"{100 * f / peak:.1f}%"])
+        del run
+    print(f"\nmatmul limit: {peak / 1e12:.1f} TFLOP/s ({how})\n")
+    bc.print_table(["run", "batch", "tokens/s", "s/step", "compile s", "model TFLOP/s", "% of matmul (MFU)"], rows)
+    for r in rows:
+        print(f"ratio gpu SFT {r[0]}: {r[2]} tokens/s, MFU {r[-1]}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    s = setup_of(args)
+    if args.gpu:
+        return gpu_main(args, s)
+    if "torch" not in sys.modules:
+        bc.set_omp_policy(args.omp_wait_policy)
+    import torch
+
+    from rlhf_jax.lora import LoraConfig
+    from rlhf_jax.model import load_pretrained
+
+    bc.hf_quiet()
+    threads = bc.torch_threads()
+    print(f"{bc.machine_line()}; torch {torch.__version__} ({threads} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')})", flush=True)
+    rates = bc.matmul_rate()
+    total = s.warmup + s.steps
+    with tempfile.TemporaryDirectory() as root:
+        world = bc.build_world_dir(Path(root) / "world")
+        shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
+        ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
+        cfg, params, _ = load_pretrained(ckpt, tokenizer=False)
+        data = sft_data(world, s)
+        t_pad = data.input_ids.shape[1]
+        real = float(data.attention_mask.sum(1).mean())
+        ours = {"full": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr),
+                "lora": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr, lora=LoraConfig(rank=s.rank,
+                                                                                         alpha=2.0 * s.rank))}
+        times = {k: [] for k in ours}
+
+        def between(i):
+            for k, run in ours.items():
+                times[k].append(run(i))
+
+        clock = bc.step_clock(between)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = make_trl(ckpt, world.tokenizer, data, s, total, out, callbacks=[clock])
+            print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} "
+                  f"blocks, vocab {cfg.vocab_size}); {data.input_ids.shape[0]} examples, mean {real:.1f} real "
+                  f"tokens, ours padded to {t_pad}; batch {s.batch}; {s.warmup} warm-up + {s.steps} measured steps",
+                  flush=True)
+            gc.collect()
+            gc.freeze()
+            trainer.train()
+            gc.unfreeze()
+        times["trl"] = clock.times
+    rates += bc.matmul_rate()
+    peak = bc.median(rates)
+    print(f"\nfloat32 matmul rate (jitted 1024^3, median of {len(rates)}): {peak / 1e9:.1f} GFLOP/s; "
+          f"load average at end {os.getloadavg()[0]:.1f}\n")
+    n = bc.matmul_params(cfg)
+    names = {"trl": "TRL 1.12 SFTTrainer, full fine-tuning", "full": "ours, full fine-tuning",
+             "lora": f"ours, LoRA r={s.rank}"}
+    c = {"full": 6, "lora": 4}
+    tps, rows = {}, []
+    for k in ("trl", "full", "lora"):
+        med = bc.median(times[k][s.warmup:])
+        tps[k] = s.batch * real / med
+        f = c[k] * n * s.batch * t_pad / med if k in c else None
+        rows.append([names[k], f"{tps[k]:,.0f}", f"{med * 1e3:.1f}", f"{times[k][0] - med:.1f}",
+                     "-" if f is None else f"{f / 1e9:.1f}", "-" if f is None else f"{100 * f / peak:.1f}%"])
+    bc.print_table(["run", "tokens/s (real)", "ms/step", "compile / warm-up s", "model GFLOP/s",
+                    "% of matmul rate"], rows)
+    print("seconds per step (the first is the warm-up):")
+    for k in ("trl", "full", "lora"):
+        print(bc.steps_line(names[k], times[k]))
+    print()
+    print(bc.ratio_line("SFT tokens/s, ours full fine-tuning", tps["full"], tps["trl"], target=1.5))
+    print(bc.ratio_line("SFT tokens/s, ours LoRA", tps["lora"], tps["trl"]))
+    return {"tps": tps}
+
+
+if __name__ == "__main__":
+    main()
