@@ -56,6 +56,8 @@ def add_common_args(p) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny model and batch (the smoke test; seconds)")
     p.add_argument("--gpu", action="store_true", help="accelerator mode: ours only, a 0.5B-class bf16 model")
     p.add_argument("--steps", type=int, default=None, help="measured steps (after 1 warm-up step)")
+    p.add_argument("--world-dir", default=None,
+                   help="build (or reuse) the toy world here instead of in a temporary folder")
     p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"],
                    help="OMP_WAIT_POLICY for torch's OpenMP threads (default PASSIVE: on a shared, "
                         "oversubscribed machine spin-waiting threads make torch steps 2-20x slower, "
@@ -105,6 +107,11 @@ def build_checkpoint(folder: str | Path, *, vocab: int, width: int, layers: int,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
     LlamaForCausalLM(hc).float().eval().save_pretrained(str(folder), safe_serialization=True)
     return str(folder)
+
+
+def params_label(cfg) -> str:
+    n = cfg.num_params()
+    return f"{n / 1e6:.0f}M" if n >= 1e7 else f"{n / 1e6:.2f}M"
 
 
 def matmul_params(cfg, *, lm_head: bool = True) -> int:

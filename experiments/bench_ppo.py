@@ -81,13 +81,26 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bc.add_common_args(p)
     p.add_argument("--no-memory", action="store_true", help="skip the per-run child processes")
+    p.add_argument("--variants", default="lora,fullrank",
+                   help="our runs, comma separated: lora (r=8 adapters), fullrank (rank = width)")
+    p.add_argument("--no-big", action="store_true", help="skip the memory runs at the larger width")
     p.add_argument("--child", choices=["trl", "lora", "fullrank"], help=argparse.SUPPRESS)
+    p.add_argument("--big", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--world", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+# Memory at a width where the weights, not the runtimes, dominate: 92M parameters (width 768,
+# 12 blocks), on a short step (batch 4, one minibatch, 1 epoch, 8 response tokens) so that TRL's
+# four models run in seconds on 2 cores.
+BIG_SHAPE = dict(width=768, layers=12, heads=12, kv_heads=12, intermediate=2304)
+BIG = Setup(batch=4, mini_batch=4, epochs=1, response=8, warmup=1, steps=0, mem_steps=1)
+
+
 def setup_of(args) -> Setup:
+    if getattr(args, "big", False):
+        return BIG
     s = Setup()
     if args.tiny:
         s = dataclasses.replace(s, batch=4, mini_batch=2, epochs=1, response=4, rank=4, steps=1, mem_steps=1)
@@ -151,6 +164,15 @@ def ours_rollout_time(trainer, i: int) -> float:
 def world_prompts(world_dir):
     w = bc.build_world_dir(world_dir)
     return [p.text for p in w.train_prompts]
+
+
+def load_pretrained_config(ckpt):
+    import json
+
+    from rlhf_jax.model import config_from_hf
+
+    with open(Path(ckpt) / "config.json") as f:
+        return config_from_hf(json.load(f))
 
 
 def load_ours(ckpt, world_dir):
@@ -281,7 +303,7 @@ def gpu_main(args, s: Setup):
     peak, how = bc.matmul_limit(gpu=not args.tiny)
     base = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
     with tempfile.TemporaryDirectory() as root:
-        world = bc.build_world_dir(Path(root) / "world")
+        world = bc.build_world_dir(args.world_dir or Path(root) / "world")
         trainer = make_ours("lora", cfg, base, world.tokenizer, [p.text for p in world.train_prompts], s)
         times, gen = [], []
         for i in range(s.warmup + s.steps):
@@ -295,7 +317,7 @@ def gpu_main(args, s: Setup):
     bc.print_table(
         ["model", "batch", "episodes/s", "s/step", "generation tokens/s", "compile s", "model TFLOP/s",
          "% of matmul"],
-        [[f"{cfg.num_params() / 1e6:.0f}M {cfg.dtype}, LoRA r={s.rank}", s.batch, f"{s.batch / step:.1f}",
+        [[f"{bc.params_label(cfg)} {cfg.dtype}, LoRA r={s.rank}", s.batch, f"{s.batch / step:.1f}",
           f"{step:.3f}", f"{s.batch * s.response / g:,.0f}", f"{times[0] - step:.1f}",
           f"{flops / step / 1e12:.2f}", f"{100 * flops / step / peak:.1f}%"]])
     print(f"ratio gpu PPO: {s.batch / step:.1f} episodes/s, generation {s.batch * s.response / g:,.0f} tokens/s, "
@@ -324,12 +346,15 @@ def main(argv=None):
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:
-        world_dir = Path(root) / "world"
+        world_dir = Path(args.world_dir or Path(root) / "world")
         world = bc.build_world_dir(world_dir)
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
         cfg, base, tok, prompts = load_ours(ckpt, world_dir)
-        ours = {v: make_ours(v, cfg, base, tok, prompts, s) for v in ("lora", "fullrank")}
+        variants = [v for v in args.variants.split(",") if v]
+        if "lora" not in variants:
+            raise SystemExit("--variants must include lora")
+        ours = {v: make_ours(v, cfg, base, tok, prompts, s) for v in variants}
         p = ours["lora"].prompts.tokens.shape[1]
         rec = {v: {"t": [], "len": [], "gen": []} for v in ours}
 
@@ -355,11 +380,17 @@ def main(argv=None):
             gc.unfreeze()
         gen.restore()
         rows = {"trl": {"t": clock.times, "len": gen.lengths, "gen": gen.times[s.warmup:]}, **rec}
-        mem = {}
+        mem, big = {}, {}
         if not args.no_memory:
-            for v in ("trl", "lora", "fullrank"):
+            for v in ["trl", *variants]:
                 mem[v] = bc.run_child(SCRIPT, ["--child", v, "--ckpt", ckpt, "--world", str(world_dir)]
                                       + (["--tiny"] if args.tiny else []) + (["--quick"] if args.quick else []))
+            if not (args.no_big or args.tiny or args.quick):
+                big_ckpt = bc.build_checkpoint(Path(root) / "big", vocab=len(world.tokenizer), **BIG_SHAPE)
+                big_cfg = load_pretrained_config(big_ckpt)
+                for v in ("trl", "lora"):  # a full-rank adapter at width 768 would outgrow full fine-tuning
+                    big[v] = bc.run_child(SCRIPT, ["--child", v, "--big", "--ckpt", big_ckpt, "--world",
+                                                   str(world_dir)])
     rates += bc.matmul_rate()
     peak = bc.median(rates)
     names = {"trl": "TRL 1.12 PPOTrainer (4 full models)", "lora": f"ours, LoRA r={s.rank} (one base)",
@@ -384,20 +415,35 @@ def main(argv=None):
     for v, r in rows.items():
         print(bc.steps_line(names[v], r["t"]))
     print()
+    mem_headers = ["run (alone, in a child process)", "peak RSS", "RSS after imports", "peak - imports",
+                   "episodes/s (alone)"]
     if mem:
-        bc.print_table(["run (alone, in a child process)", "peak RSS", "RSS after imports", "peak - imports",
-                        "episodes/s (alone)"],
-                       [[names[v], bc.mib(m["peak"]), bc.mib(m["base"]), bc.mib(m["peak"] - m["base"]),
-                         f"{m['eps']:.2f}"] for v, m in mem.items()])
+        print(f"peak memory, the model above ({s.mem_steps} steps after the warm-up):")
+        bc.print_table(mem_headers, [[names[v], bc.mib(m["peak"]), bc.mib(m["base"]), bc.mib(m["peak"] - m["base"]),
+                                      f"{m['eps']:.2f}"] for v, m in mem.items()])
+    if big:
+        print(f"peak memory at {bc.params_label(big_cfg)} parameters (width {big_cfg.hidden_size}, "
+              f"{big_cfg.num_layers} blocks; batch {BIG.batch}, {BIG.response} response tokens, 1 epoch, 2 steps; "
+              f"float32 weights: {bc.mib(4 * big_cfg.num_params())} per copy):")
+        bc.print_table(mem_headers, [[names[v], bc.mib(m["peak"]),
+                                      bc.mib(m["base"]), bc.mib(m["peak"] - m["base"]), f"{m['eps']:.2f}"]
+                                     for v, m in big.items()])
     print(bc.ratio_line("PPO episodes/s, ours LoRA", eps["lora"], eps["trl"], target=1.5))
-    print(bc.ratio_line("PPO episodes/s, ours full-rank LoRA (full FT stand-in)", eps["fullrank"], eps["trl"],
-                        target=1.2))
+    if "fullrank" in eps:
+        print(bc.ratio_line("PPO episodes/s, ours full-rank LoRA (full FT stand-in)", eps["fullrank"], eps["trl"],
+                            target=1.2))
     if mem:
         print(bc.ratio_line("PPO peak RSS, ours LoRA", mem["lora"]["peak"], mem["trl"]["peak"], target=0.4,
                             higher_is_better=False))
         print(bc.ratio_line("PPO peak RSS above imports, ours LoRA", mem["lora"]["peak"] - mem["lora"]["base"],
                             mem["trl"]["peak"] - mem["trl"]["base"]))
-        print(bc.ratio_line("PPO peak RSS, ours full-rank LoRA", mem["fullrank"]["peak"], mem["trl"]["peak"]))
+        if "fullrank" in mem:
+            print(bc.ratio_line("PPO peak RSS, ours full-rank LoRA", mem["fullrank"]["peak"], mem["trl"]["peak"]))
+    if big:
+        print(bc.ratio_line(f"PPO peak RSS at {bc.params_label(big_cfg)}, ours LoRA", big["lora"]["peak"],
+                            big["trl"]["peak"], target=0.4, higher_is_better=False))
+        print(bc.ratio_line(f"PPO peak RSS above imports at {bc.params_label(big_cfg)}, ours LoRA",
+                            big["lora"]["peak"] - big["lora"]["base"], big["trl"]["peak"] - big["trl"]["base"]))
     return {"eps": eps, "mem": mem}
 
 

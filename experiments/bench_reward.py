@@ -180,12 +180,13 @@ def gpu_main(args, s: Setup):
     arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "margin": np.zeros(4 * b, np.float32)}
     n = bc.matmul_params(cfg, lm_head=False)
     rows = []
-    for name, lora, c in (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4)):
+    runs = (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4))
+    for name, lora, c in runs[:1] if args.tiny else runs:  # --tiny: the code path only
         run = OursReward(cfg, base, arrays, batch=b, lr=s.lr, lora=lora)
         times = [run(i) for i in range(s.warmup + s.steps)]
         med = bc.median(times[s.warmup:])
         f = c * n * 2 * b * t / med
-        rows.append([f"{cfg.num_params() / 1e6:.0f}M {cfg.dtype}, {name}", f"{b} pairs x {t}", f"{b / med:,.1f}",
+        rows.append([f"{bc.params_label(cfg)} {cfg.dtype}, {name}", f"{b} pairs x {t}", f"{b / med:,.1f}",
                      f"{med:.3f}", f"{times[0] - med:.1f}", f"{f / 1e12:.2f}", f"{100 * f / peak:.1f}%"])
         del run
     print(f"\nmatmul limit: {peak / 1e12:.1f} TFLOP/s ({how})\n")
@@ -213,7 +214,7 @@ def main(argv=None):
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:
-        world = bc.build_world_dir(Path(root) / "world")
+        world = bc.build_world_dir(args.world_dir or Path(root) / "world")
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
         cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
