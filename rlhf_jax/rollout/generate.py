@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from rlhf_jax.losses.logprobs import token_logprobs
 from rlhf_jax.model.cache import KVCache, init_cache
 from rlhf_jax.model.config import ModelConfig
 from rlhf_jax.rollout.config import SamplingConfig
@@ -72,10 +73,9 @@ class _Loop(NamedTuple):
 
 def token_logprob(logits: Float[Array, "B V"], tokens: Int[Array, "B"], temperature: float
                   ) -> Float[Array, "B"]:
-    """``log softmax(logits / temperature)[b, tokens[b]]`` in float32."""
-    x = logits.astype(jnp.float32) / jnp.float32(temperature)
-    picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
-    return picked - jax.nn.logsumexp(x, axis=-1)
+    """``log softmax(logits / temperature)[b, tokens[b]]`` in float32: one decode step of
+    :func:`rlhf_jax.losses.token_logprobs` (the same formula a training forward pass uses)."""
+    return token_logprobs(logits[:, None], tokens[:, None], temperature=temperature)[:, 0]
 
 
 def generate(variables: dict, prompt_tokens: Int[Array, "B P"], prompt_mask: Int[Array, "B P"],
