@@ -58,17 +58,33 @@ def add_common_args(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="measured steps (after 1 warm-up step)")
     p.add_argument("--world-dir", default=None,
                    help="build (or reuse) the toy world here instead of in a temporary folder")
-    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"],
-                   help="OMP_WAIT_POLICY for torch's OpenMP threads (default PASSIVE: on a shared, "
-                        "oversubscribed machine spin-waiting threads make torch steps 2-20x slower, "
-                        "erratically; on an idle machine ACTIVE is faster)")
+    p.add_argument("--omp-wait-policy", default="default", choices=["default", "PASSIVE", "ACTIVE"],
+                   help="OMP_WAIT_POLICY for torch's OpenMP threads. 'default' (here too): leave it unset "
+                        "(libgomp spins a little, then sleeps), torch out of the box, its best on an idle "
+                        "machine; on an oversubscribed one its steps get 2-20x slower, erratically. PASSIVE: "
+                        "threads sleep at once: steady under load, but ~1.5x slower when idle. ACTIVE spins "
+                        "forever and then steals a core from our steps in between.")
+
+
+def busy_warning() -> str:
+    """A warning line when other processes keep the cores busy (the timings are then unreliable,
+    torch's most of all), else an empty string."""
+    load = os.getloadavg()[0]
+    if load <= 0.75 * cores():
+        return ""
+    return (f"WARNING: load average {load:.1f} on {cores()} usable cores: other processes compete; torch's "
+            "OpenMP steps slow down erratically under contention. Rerun on an idle machine, or with "
+            "--omp-wait-policy PASSIVE for steadier (but torch-handicapped) numbers.")
 
 
 def set_omp_policy(policy: str) -> None:
     """Must run before torch is imported (libgomp reads it when its pool starts)."""
     if "torch" in sys.modules:
         raise RuntimeError("set_omp_policy must run before torch is imported")
-    os.environ["OMP_WAIT_POLICY"] = policy
+    if policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = policy
 
 
 # --------------------------------------------------------------------------------------------

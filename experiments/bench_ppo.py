@@ -30,6 +30,11 @@ Peak memory: each run again, alone, in a fresh child process (``--child``) for a
 RSS high-water mark (``VmHWM``) at the end, and the resident size after imports (before any model
 is loaded).
 
+Threads: torch gets every usable core, as XLA's CPU client does; ``OMP_WAIT_POLICY`` is left
+unset (torch out of the box). On a busy machine torch's OpenMP steps slow down erratically; the
+script then prints a warning, and ``--omp-wait-policy PASSIVE`` gives steadier numbers that
+handicap torch (~1.5x when idle). ``taskset -c 0 python ...`` compares one core each.
+
 Model FLOPs of one PPO step (attention-score FLOPs left out), with T = 16 + 48, B = 16, E = 4,
 N = matmul parameters with the LM head, N_h = without it (critic and reward read hidden states):
 
@@ -342,7 +347,9 @@ def main(argv=None):
     bc.hf_quiet()
     threads = bc.torch_threads()
     print(f"{bc.machine_line()}; torch {torch.__version__} ({threads} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')})", flush=True)
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')})", flush=True)
+    if bc.busy_warning():
+        print(bc.busy_warning(), flush=True)
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:

@@ -16,6 +16,11 @@ All three run in ONE process, alternating step by step (our steps run inside a T
 callback, outside TRL's timed span); the first step is left out of the medians and its excess is
 reported as compile / warm-up.
 
+Threads: torch gets every usable core, as XLA's CPU client does; ``OMP_WAIT_POLICY`` is left
+unset (torch out of the box). On a busy machine torch's OpenMP steps slow down erratically; the
+script then prints a warning, and ``--omp-wait-policy PASSIVE`` gives steadier numbers that
+handicap torch (~1.5x when idle). ``taskset -c 0 python ...`` compares one core each.
+
 Model FLOPs (attention-score FLOPs left out): F = c * N_h * 2B * T per step with N_h the matmul
 parameters of the blocks (a reward model reads hidden states: no LM head, and the embedding is a
 lookup), 2B * T the positions computed (padding included), c = 6 for full fine-tuning, c = 4 for
@@ -210,7 +215,9 @@ def main(argv=None):
     bc.hf_quiet()
     threads = bc.torch_threads()
     print(f"{bc.machine_line()}; torch {torch.__version__} ({threads} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')})", flush=True)
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')})", flush=True)
+    if bc.busy_warning():
+        print(bc.busy_warning(), flush=True)
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:
