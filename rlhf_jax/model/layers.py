@@ -27,9 +27,13 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Float[Array, "... Din"], deterministic: bool = True) -> Float[Array, "... Dout"]:
         d_in = x.shape[-1]
+        lead = x.shape[:-1]
+        # One 2-D GEMM over all rows: on XLA:CPU the backward of a [B, T, D] einsum materialises
+        # transposed copies of the activation gradients (measured 1.5-2x slower steps).
+        x = x.reshape(-1, d_in)
         kernel = self.param("kernel", nn.initializers.normal(self.init_std), (d_in, self.features),
                             self.dtype)
-        y = jnp.einsum("...i,io->...o", x, kernel.astype(self.dtype))
+        y = x @ kernel.astype(self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
         path = "/".join(self.scope.path)
@@ -41,9 +45,9 @@ class Dense(nn.Module):
             h = x
             if cfg.dropout > 0.0:
                 h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-            delta = jnp.einsum("...i,ir,ro->...o", h.astype(jnp.float32), a, b)
+            delta = (h.astype(jnp.float32) @ a) @ b  # [N, R] first: never the [Din, Dout] product
             y = y + (cfg.scale * delta).astype(y.dtype)
-        return y
+        return y.reshape(*lead, self.features)
 
 
 class RMSNorm(nn.Module):
