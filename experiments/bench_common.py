@@ -316,3 +316,21 @@ def ratio_line(what: str, ours: float, peer: float, *, target: float | None = No
         ok = r >= target if higher_is_better else r <= target
         s += f" (target {'>=' if higher_is_better else '<='} {target}x: {'met' if ok else 'MISSED'})"
     return s
+
+
+def start_torch(omp_wait_policy: str):
+    """Set torch's OMP policy (before torch is imported), quiet Hugging Face, print the machine
+    line (and a warning when the machine is busy); returns ``(torch, threads)``."""
+    import sys
+
+    if "torch" not in sys.modules:
+        set_omp_policy(omp_wait_policy)
+    import torch
+
+    hf_quiet()
+    threads = torch_threads()
+    print(f"{machine_line()}; torch {torch.__version__} ({threads} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')})", flush=True)
+    if busy_warning():
+        print(busy_warning(), flush=True)
+    return torch, threads

@@ -191,19 +191,9 @@ def main(argv=None):
     s = setup_of(args)
     if args.gpu:
         return gpu_main(args, s)
-    if "torch" not in sys.modules:
-        bc.set_omp_policy(args.omp_wait_policy)
-    import torch
-
+    torch, threads = bc.start_torch(args.omp_wait_policy)
     from rlhf_jax.lora import LoraConfig
     from rlhf_jax.model import load_pretrained
-
-    bc.hf_quiet()
-    threads = bc.torch_threads()
-    print(f"{bc.machine_line()}; torch {torch.__version__} ({threads} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')})", flush=True)
-    if bc.busy_warning():
-        print(bc.busy_warning(), flush=True)
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:
