@@ -334,3 +334,20 @@ def start_torch(omp_wait_policy: str):
     if busy_warning():
         print(busy_warning(), flush=True)
     return torch, threads
+
+
+def gpu_start(tiny: bool):
+    """The ``--gpu`` mode's set-up: machine line, accelerator check (skipped with ``--tiny``),
+    the 0.5B-class config, the matmul limit and a fresh base. Returns ``(cfg, peak, how, base)``."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.model import Transformer
+
+    print(machine_line(), flush=True)
+    if jax.default_backend() == "cpu" and not tiny:
+        raise SystemExit("--gpu: no accelerator found (jax.default_backend() == 'cpu')")
+    cfg = gpu_model_config(tiny=tiny)
+    peak, how = matmul_limit(gpu=not tiny)
+    base = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return cfg, peak, how, base

@@ -296,17 +296,8 @@ def child(args):
 
 
 def gpu_main(args, s: Setup):
-    import jax
-    import jax.numpy as jnp
 
-    from rlhf_jax.model import Transformer
-
-    print(bc.machine_line(), flush=True)
-    if jax.default_backend() == "cpu" and not args.tiny:
-        raise SystemExit("--gpu: no accelerator found (jax.default_backend() == 'cpu')")
-    cfg = bc.gpu_model_config(tiny=args.tiny)
-    peak, how = bc.matmul_limit(gpu=not args.tiny)
-    base = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    cfg, peak, how, base = bc.gpu_start(args.tiny)
     with tempfile.TemporaryDirectory() as root:
         world = bc.build_world_dir(args.world_dir or Path(root) / "world")
         trainer = make_ours("lora", cfg, base, world.tokenizer, [p.text for p in world.train_prompts], s)

@@ -168,18 +168,9 @@ def make_trl(ckpt, tok, arrays, s: Setup, total_steps: int, out_dir: str, callba
 
 
 def gpu_main(args, s: Setup):
-    import jax
-    import jax.numpy as jnp
-
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.model import Transformer
 
-    print(bc.machine_line(), flush=True)
-    if jax.default_backend() == "cpu" and not args.tiny:
-        raise SystemExit("--gpu: no accelerator found (jax.default_backend() == 'cpu')")
-    cfg = bc.gpu_model_config(tiny=args.tiny)
-    peak, how = bc.matmul_limit(gpu=not args.tiny)
-    base = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    cfg, peak, how, base = bc.gpu_start(args.tiny)
     b, t = s.batch, s.gpu_length
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (4 * b, 2, t)).astype(np.int32)
     arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "margin": np.zeros(4 * b, np.float32)}

@@ -153,19 +153,10 @@ def sft_data(world, s: Setup):
 
 
 def gpu_main(args, s: Setup):
-    import jax
-    import jax.numpy as jnp
-
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.model import Transformer
     from rlhf_jax.train import SFTData
 
-    print(bc.machine_line(), flush=True)
-    if jax.default_backend() == "cpu" and not args.tiny:
-        raise SystemExit("--gpu: no accelerator found (jax.default_backend() == 'cpu')")
-    cfg = bc.gpu_model_config(tiny=args.tiny)
-    peak, how = bc.matmul_limit(gpu=not args.tiny)
-    params = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    cfg, peak, how, params = bc.gpu_start(args.tiny)
     b, t = s.batch, s.gpu_length
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (4 * b, t)).astype(np.int32)
     data = SFTData(ids, np.ones_like(ids), np.ones_like(ids))
