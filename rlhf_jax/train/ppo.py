@@ -7,6 +7,12 @@ no-gradient forward pass each for policy / reference / critic log-probs and valu
 reward ``-beta * KL_t`` plus the score on the last real token, GAE, then ``ppo_epochs`` epochs
 of shuffled minibatches of the clipped policy + value loss (- entropy bonus) on the adapters, and
 the KL-coefficient update. Generation is a separate jitted :class:`rlhf_jax.rollout.Sampler`.
+
+Full fine-tuning: ``PPOConfig(policy_lora=None)`` makes the policy a trainable copy of the whole
+base (the reference is still the frozen base, never modified); ``critic_lora=None`` makes the
+critic a trainable copy of the base (with the reward adapter merged in when
+``critic_init="reward"``) plus the value head. Each full copy costs one more base in memory, and
+its Adam state two more.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.lora import LoraConfig, init_lora
+from rlhf_jax.lora import LoraConfig, init_lora, merge_lora
 from rlhf_jax.losses import (KLControllerState, adaptive_kl_controller, entropy_from_logits, exact_kl_from_logits,
                              fixed_kl_controller, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss,
                              ppo_value_loss, token_logprobs)
@@ -34,13 +40,20 @@ from rlhf_jax.train.state import OptimConfig, all_finite, batch_indices, guarded
 class PPOConfig:
     """PPO-with-KL RLHF (Ziegler et al. 2019; Ouyang et al. 2022). Defaults follow common practice."""
 
-    policy_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)
-    """The policy adapter (its ``B`` starts at 0: policy = reference at step 0)."""
-    critic_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)
-    """The critic adapter (ignored when ``critic_init="reward"``: the reward adapter's config is used)."""
+    policy_lora: LoraConfig | None = LoraConfig(rank=8, alpha=16.0)
+    """The policy adapter (its ``B`` starts at 0: policy = reference at step 0). ``None``: full
+    fine-tuning: the policy is a trainable copy of the whole base (``state.params["policy"]`` is a
+    full parameter tree, equal to the base at step 0) and the reference stays the frozen base
+    (CLI ``--policy_lora.off``, JSON ``"policy_lora": null``)."""
+    critic_lora: LoraConfig | None = LoraConfig(rank=8, alpha=16.0)
+    """The critic adapter (with ``critic_init="reward"`` the reward adapter's config replaces it).
+    ``None``: full fine-tuning whatever ``critic_init``: ``state.params["critic"]`` is
+    ``{"params": full tree, "head": value head}``, the tree a copy of the base (with
+    ``critic_init="reward"``: of the base with the reward adapter merged in)."""
     critic_init: str = "reward"
-    """``"reward"``: critic adapter and value head start from the reward adapter and score head
-    (needs a :class:`ModelReward` sharing the base); ``"zero"``: fresh adapter, zero head."""
+    """``"reward"``: critic adapter (or full critic, reward adapter merged) and value head start
+    from the reward adapter and score head (needs a :class:`ModelReward` with an adapter sharing
+    the base); ``"zero"``: fresh adapter (or a copy of the base), zero head."""
     batch_size: int = 16
     """Prompts (episodes) per PPO step."""
     mini_batch_size: int = 8
@@ -76,6 +89,12 @@ class PPOConfig:
     """Whiten the per-token rewards (without shifting the mean) before GAE."""
     whiten_advantages: bool = True
     """Whiten the advantages."""
+    old_logprobs: str = "recompute"
+    """PPO's "old" log-probs: ``"recompute"``: a no-gradient policy forward pass over the rollout;
+    ``"sampler"``: the log-probs the sampler returned with the rollout (same temperature, full
+    vocabulary; equal up to float rounding of the KV-cached decode). ``"sampler"`` skips the
+    policy forward in the experience pass unless ``kl_estimator="full"`` needs its logits;
+    without it the ``entropy`` metric is not logged."""
     missing_eos_penalty: float | None = None
     """Subtract this from the score of a completion cut at ``max_new_tokens`` without EOS."""
     max_prompt_length: int | None = None
@@ -98,6 +117,8 @@ class PPOConfig:
             raise ValueError(f"kl_estimator must be k1/k2/k3/full, got {self.kl_estimator!r}")
         if self.critic_init not in ("reward", "zero"):
             raise ValueError(f"critic_init must be 'reward' or 'zero', got {self.critic_init!r}")
+        if self.old_logprobs not in ("recompute", "sampler"):
+            raise ValueError(f"old_logprobs must be 'recompute' or 'sampler', got {self.old_logprobs!r}")
 
 
 class PPOState(NamedTuple):
@@ -105,7 +126,9 @@ class PPOState(NamedTuple):
 
     step: jax.Array
     params: dict
-    """``{"policy": adapter, "critic": {"lora": adapter, "head": value head}}``."""
+    """``{"policy": adapter, "critic": {"lora": adapter, "head": value head}}``; with full
+    fine-tuning ``"policy"`` is a full parameter tree and ``"critic"`` is
+    ``{"params": full tree, "head": value head}``."""
     opt_state: Any
     kl: KLControllerState
     rng: jax.Array
@@ -128,35 +151,56 @@ def _response_slice(x, p, n):
     return jax.lax.slice_in_dim(x, p - 1, p - 1 + n, axis=1)
 
 
-def make_ppo_step(model_config: ModelConfig, config: PPOConfig, optimizer, reward: ModelReward | None,
-                  critic_lora: LoraConfig):
-    """Unjitted ``step(state, base, reward_arrays, rollout, ext_scores) -> (state, metrics)``.
+def policy_variables(base, policy, lora: LoraConfig | None) -> dict:
+    """The policy's variables for ``model.apply``: ``{"params": base, "lora": policy}`` for an
+    adapter (``lora`` its config), ``{"params": policy}`` for a fully fine-tuned policy
+    (``lora=None``: ``policy`` is a whole parameter tree and ``base`` is not used)."""
+    return {"params": policy} if lora is None else {"params": base, "lora": policy}
 
-    ``ext_scores`` ``[B]`` are the host-computed scores of a :class:`TextReward` (``None`` with an
-    in-graph ``reward``)."""
+
+def _forwards(model_config: ModelConfig, config: PPOConfig, critic_lora: LoraConfig | None):
+    """``(policy_logits, reference_logits, values)`` over the response positions."""
     policy = Transformer(model_config, lora=config.policy_lora)
     critic = Transformer(model_config, lora=critic_lora)
-    temp = config.sampling.temperature
-    kl_ctl = (adaptive_kl_controller(init_beta=config.kl_coef, target=config.kl_target, horizon=config.kl_horizon)
-              if config.adaptive_kl else fixed_kl_controller(config.kl_coef))
 
-    def policy_logits(base, lora, tokens, mask, p, n):
-        variables = {"params": base} if lora is None else {"params": base, "lora": lora}
+    def logits_of(variables, tokens, mask, p, n):
         return _response_slice(policy.apply(variables, tokens, attention_mask=mask).logits, p, n)
 
+    def policy_logits(base, params, tokens, mask, p, n):
+        return logits_of(policy_variables(base, params, config.policy_lora), tokens, mask, p, n)
+
+    def reference_logits(base, tokens, mask, p, n):
+        return logits_of({"params": base}, tokens, mask, p, n)
+
     def values_of(base, crit, tokens, mask, p, n):
-        hidden = critic.apply({"params": base, "lora": crit["lora"]}, tokens, attention_mask=mask,
-                              return_hidden=True, compute_logits=False).hidden
+        variables = {"params": crit["params"]} if critic_lora is None else {"params": base, "lora": crit["lora"]}
+        hidden = critic.apply(variables, tokens, attention_mask=mask, return_hidden=True, compute_logits=False).hidden
         return value_head(crit["head"], _response_slice(hidden, p, n))
+
+    return policy_logits, reference_logits, values_of
+
+
+def make_ppo_experience(model_config: ModelConfig, config: PPOConfig, reward: ModelReward | None,
+                        critic_lora: LoraConfig | None):
+    """Unjitted ``experience(state, base, reward_arrays, rollout, ext_scores) -> (Experience,
+    metrics, seq_kl)``: the no-gradient part of a PPO step (scores, old log-probs, reference
+    log-probs, values, per-token rewards, GAE). ``critic_lora=None``: a full critic
+    (``state.params["critic"]["params"]``)."""
+    policy_logits, reference_logits, values_of = _forwards(model_config, config, critic_lora)
+    temp = config.sampling.temperature
+    recompute = config.old_logprobs == "recompute"
+    need_logits = recompute or config.kl_estimator == "full"
 
     def experience(state: PPOState, base, reward_arrays, rollout: Rollout, ext_scores):
         tokens, mask, rmask = rollout.tokens, rollout.attention_mask, rollout.response_mask
         n = rmask.shape[1]
         p = tokens.shape[1] - n
         resp = tokens[:, p:]
-        logits = policy_logits(base, state.params["policy"], tokens, mask, p, n)
-        ref_logits = policy_logits(base, None, tokens, mask, p, n)
-        logp = token_logprobs(logits, resp, temperature=temp)
+        logits = policy_logits(base, state.params["policy"], tokens, mask, p, n) if need_logits else None
+        ref_logits = reference_logits(base, tokens, mask, p, n)
+        # the sampler's log-probs: log softmax(logits / temp)[token] over the full vocabulary, 0
+        # after the response ends (masked out wherever they are used)
+        logp = token_logprobs(logits, resp, temperature=temp) if recompute else rollout.logprobs.astype(jnp.float32)
         ref_logp = token_logprobs(ref_logits, resp, temperature=temp)
         values = values_of(base, state.params["critic"], tokens, mask, p, n)
         score = ext_scores if reward is None else reward.score(reward_arrays, base, tokens, mask)
@@ -181,13 +225,32 @@ def make_ppo_step(model_config: ModelConfig, config: PPOConfig, optimizer, rewar
             "score": jnp.mean(raw_score), "score_std": jnp.std(raw_score),
             "reward_total": jnp.mean(jnp.sum(rewards * rmask, axis=1)),
             "kl": jnp.mean(seq_kl), "beta": beta,
-            "entropy": masked_mean(entropy_from_logits(logits, temperature=temp), rmask),
+        }
+        if logits is not None:  # no policy logits with old_logprobs="sampler": no entropy metric
+            metrics["entropy"] = masked_mean(entropy_from_logits(logits, temperature=temp), rmask)
+        metrics.update({
             "response_length": jnp.mean(rollout.lengths.astype(jnp.float32)),
             "eos_rate": jnp.mean(rollout.eos_reached.astype(jnp.float32)),
             "value_mean": masked_mean(values, rmask), "return_mean": masked_mean(returns, rmask),
-        }
+        })
         exp = Experience(tokens, mask, rmask, logp, values, adv, returns)
         return jax.tree_util.tree_map(jax.lax.stop_gradient, exp), metrics, seq_kl
+
+    return experience
+
+
+def make_ppo_step(model_config: ModelConfig, config: PPOConfig, optimizer, reward: ModelReward | None,
+                  critic_lora: LoraConfig | None):
+    """Unjitted ``step(state, base, reward_arrays, rollout, ext_scores) -> (state, metrics)``.
+
+    ``ext_scores`` ``[B]`` are the host-computed scores of a :class:`TextReward` (``None`` with an
+    in-graph ``reward``). ``critic_lora``: the critic adapter's config (``None``: a full critic);
+    ``config.policy_lora=None``: a full policy."""
+    policy_logits, _, values_of = _forwards(model_config, config, critic_lora)
+    experience = make_ppo_experience(model_config, config, reward, critic_lora)
+    temp = config.sampling.temperature
+    kl_ctl = (adaptive_kl_controller(init_beta=config.kl_coef, target=config.kl_target, horizon=config.kl_horizon)
+              if config.adaptive_kl else fixed_kl_controller(config.kl_coef))
 
     def loss_fn(params, base, mb: Experience):
         n = mb.response_mask.shape[1]
@@ -209,7 +272,6 @@ def make_ppo_step(model_config: ModelConfig, config: PPOConfig, optimizer, rewar
         key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
         exp, exp_metrics, seq_kl = experience(state, base, reward_arrays, rollout, ext_scores)
         b = exp.tokens.shape[0]
-        n_mb = b // config.mini_batch_size
         order = jnp.concatenate([jax.random.permutation(jax.random.fold_in(key, e), b)
                                  for e in range(config.ppo_epochs)]).reshape(-1, config.mini_batch_size)
 
@@ -221,7 +283,6 @@ def make_ppo_step(model_config: ModelConfig, config: PPOConfig, optimizer, rewar
             return (params, opt_state, skipped + sk), m
 
         (params, opt_state, skipped), per_mb = jax.lax.scan(one, (state.params, state.opt_state, state.skipped), order)
-        del n_mb
         kl_state = kl_ctl.update(state.kl, jnp.mean(seq_kl), b)
         metrics = dict(exp_metrics, **{k: jnp.mean(v) for k, v in per_mb.items()}, skipped=skipped)
         return PPOState(state.step + 1, params, opt_state, kl_state, state.rng, skipped), metrics
@@ -271,7 +332,8 @@ class PPOTrainer:
             if not isinstance(reward, ModelReward) or reward.base is not None or reward.reward_model.lora is None:
                 raise ValueError("critic_init='reward' needs a ModelReward with a LoRA adapter sharing the "
                                  "policy's base; use critic_init='zero' otherwise")
-            critic_lora = reward.reward_model.lora
+            if critic_lora is not None:  # a full critic (None) stays full
+                critic_lora = reward.reward_model.lora
         self.critic_lora = critic_lora
         step, self.kl_controller = make_ppo_step(model_config, config, self.optimizer,
                                                  reward if isinstance(reward, ModelReward) else None, critic_lora)
@@ -295,13 +357,22 @@ class PPOTrainer:
     def init_state(self) -> PPOState:
         cfg = self.config
         key = jax.random.PRNGKey(cfg.run.seed)
-        policy = init_lora(Transformer(self.model_config, lora=cfg.policy_lora), jax.random.fold_in(key, 1))
+        copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # own buffers: the step donates the state
+        if cfg.policy_lora is None:
+            policy = copy(self.base)
+        else:
+            policy = init_lora(Transformer(self.model_config, lora=cfg.policy_lora), jax.random.fold_in(key, 1))
         if cfg.critic_init == "reward":
             rm = self.reward.reward_model
             head = {"kernel": rm.params["head"]["kernel"] * rm.gain,
                     "bias": rm.params["head"]["bias"] * rm.gain + rm.bias}
-            critic = {"lora": jax.tree_util.tree_map(jnp.copy, rm.params["lora"]),
-                      "head": jax.tree_util.tree_map(jnp.asarray, head)}
+            if self.critic_lora is None:
+                critic = {"params": copy(merge_lora(self.base, rm.params["lora"], scale=rm.lora.scale))}
+            else:
+                critic = {"lora": copy(rm.params["lora"])}
+            critic["head"] = jax.tree_util.tree_map(jnp.asarray, head)
+        elif self.critic_lora is None:
+            critic = {"params": copy(self.base), "head": init_head(key, self.model_config.hidden_size, std=0.0)}
         else:
             critic = {"lora": init_lora(Transformer(self.model_config, lora=self.critic_lora), jax.random.fold_in(key, 2)),
                       "head": init_head(key, self.model_config.hidden_size, std=0.0)}
@@ -319,7 +390,7 @@ class PPOTrainer:
         idx = batch_indices(step, self.prompts.tokens.shape[0], cfg.batch_size, cfg.run.seed)
         key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0)
         tokens, mask = shard_batch((self.prompts.tokens[idx], self.prompts.mask[idx]), self.mesh)
-        ro = self.sampler({"params": self.base, "lora": state.params["policy"]}, tokens, mask, key)
+        ro = self.sampler(policy_variables(self.base, state.params["policy"], cfg.policy_lora), tokens, mask, key)
         return ro, idx
 
     def texts(self, ro: Rollout, *, skip_special_tokens: bool = True) -> list[str]:
