@@ -136,11 +136,17 @@ def cmd_ppo(args) -> int:
     res = trainer.train()
     _write_config(args.out, cfg)
     policy = res.state.params["policy"]
-    save_peft_adapter(os.path.join(args.out, "policy_adapter"), mc, policy, cfg.policy_lora)
-    save_hf_folder(os.path.join(args.out, "policy"), mc, base, tokenizer=tok, lora=policy, lora_config=cfg.policy_lora)
+    if cfg.policy_lora is None:  # full fine-tuning: the state holds the whole policy, there is no adapter
+        save_hf_folder(os.path.join(args.out, "policy"), mc, policy, tokenizer=tok)
+        saved = f"{args.out}/policy (full); PEFT adapter skipped: the policy is fully fine-tuned"
+    else:
+        save_peft_adapter(os.path.join(args.out, "policy_adapter"), mc, policy, cfg.policy_lora)
+        save_hf_folder(os.path.join(args.out, "policy"), mc, base, tokenizer=tok, lora=policy,
+                       lora_config=cfg.policy_lora)
+        saved = f"{args.out}/policy (merged) and {args.out}/policy_adapter (PEFT)"
     last = res.history[-1]
     print(f"ppo: stopped at {res.stop_reason} after {len(res.history)} steps; score {last['score']:.3f}, KL "
-          f"{last['kl']:.3f}; policy -> {args.out}/policy (merged) and {args.out}/policy_adapter (PEFT)")
+          f"{last['kl']:.3f}; policy -> {saved}")
     return 0
 
 
@@ -184,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, RewardConfig)
     p.set_defaults(func=cmd_reward)
 
-    p = sub.add_parser("ppo", help="PPO with a KL penalty: policy and critic LoRA on the frozen base")
+    p = sub.add_parser("ppo", help="PPO with a KL penalty: policy and critic LoRA on the frozen base "
+                                   "(--policy_lora.off / --critic_lora.off: full fine-tuning)")
     _add_common_model(p)
     p.add_argument("--reward", required=True, help="reward model folder written by `rlhf-jax reward`")
     p.add_argument("--prompts", required=True, help="JSONL/Parquet with a 'prompt' field")

@@ -19,7 +19,9 @@ def cmd_export(args) -> int:
     with open(os.path.join(args.run, "config.json")) as f:
         run_cfg = json.load(f)
     params = state["params"]
-    if args.stage == "ppo":
+    if args.stage == "ppo" and run_cfg.get("policy_lora") is None:  # a fully fine-tuned policy
+        adapter, lora, base = None, None, params["policy"]
+    elif args.stage == "ppo":
         adapter, lora = params["policy"], build_config(LoraConfig, run_cfg["policy_lora"])
     elif run_cfg.get("lora") is None:  # full fine-tuning: the state holds the whole model
         adapter, lora = None, None
