@@ -163,6 +163,47 @@ def split_lora(merged: PyTree, base: PyTree, *, rank: int, alpha: float) -> PyTr
     return _unflatten(out)
 
 
+def stack_adapters(adapters) -> tuple[PyTree | None, LoraConfig | None]:
+    """One adapter tree for a pass over ``G`` equal row groups of a batch, group ``g`` using
+    ``adapters[g] = (tree, config)`` (``(None, None)``: the base alone, e.g. PPO's reference).
+
+    Every leaf becomes a stack: ``a [G, Din, R]``, ``b [G, R, Dout]``. Ranks are zero-padded to
+    the largest (exact: padded columns of ``A`` meet padded rows of ``B``, both zero, and stay
+    zero under gradient descent), each group's ``alpha / R`` is folded into its ``B`` (the
+    returned config has scale 1), and a layer that a group does not adapt gets zeros. Pure and
+    differentiable: gradients reach each group's own adapter. Pass the result as the ``"lora"``
+    collection of a model built with the returned config; the batch's rows must be group-major
+    (``[G * b, T]``). Stacked passes carry no adapter dropout (PPO's passes are deterministic).
+    Returns ``(None, None)`` when no group has an adapter.
+    """
+    used = [(t, c) for t, c in adapters if t is not None]
+    if not used:
+        return None, None
+    if any(c is None for _, c in used):
+        raise ValueError("stack_adapters: every adapter tree needs its LoraConfig")
+    rank = max(c.rank for _, c in used)
+    flats = [None if t is None else _flatten(t) for t, _ in adapters]
+    layers = sorted(set().union(*(adapted_layers(t) for t, _ in used)))
+    out = {}
+    for layer in layers:
+        ref = next(f for f in flats if f is not None and layer + ("a",) in f)
+        d_in, d_out = ref[layer + ("a",)].shape[0], ref[layer + ("b",)].shape[1]
+        a_rows, b_rows = [], []
+        for f, (_, c) in zip(flats, adapters):
+            if f is None or layer + ("a",) not in f:
+                a_rows.append(jnp.zeros((d_in, rank), jnp.float32))
+                b_rows.append(jnp.zeros((rank, d_out), jnp.float32))
+                continue
+            a, b = jnp.asarray(f[layer + ("a",)], jnp.float32), jnp.asarray(f[layer + ("b",)], jnp.float32)
+            pad = rank - a.shape[1]
+            a_rows.append(jnp.pad(a, ((0, 0), (0, pad))))
+            b_rows.append(jnp.pad(b * c.scale, ((0, pad), (0, 0))))
+        out[layer + ("a",)] = jnp.stack(a_rows)
+        out[layer + ("b",)] = jnp.stack(b_rows)
+    targets = tuple(dict.fromkeys(t for _, c in used for t in c.targets))
+    return _unflatten(out), LoraConfig(rank=rank, alpha=float(rank), targets=targets)
+
+
 def tree_size(tree: PyTree) -> tuple[int, int]:
     """(number of parameters, bytes) of every array leaf in ``tree``."""
     leaves = jax.tree_util.tree_leaves(tree)

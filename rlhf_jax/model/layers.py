@@ -45,7 +45,13 @@ class Dense(nn.Module):
             h = x
             if cfg.dropout > 0.0:
                 h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-            delta = (h.astype(jnp.float32) @ a) @ b  # [N, R] first: never the [Din, Dout] product
+            if a.ndim == 3:  # stacked adapters (lora.stack_adapters): row group g uses a[g], b[g]
+                if h.shape[0] % a.shape[0]:
+                    raise ValueError(f"{path}: {h.shape[0]} rows do not split into {a.shape[0]} adapter groups")
+                hg = h.astype(jnp.float32).reshape(a.shape[0], -1, d_in)
+                delta = jnp.einsum("gnr,gro->gno", jnp.einsum("gni,gir->gnr", hg, a), b).reshape(-1, self.features)
+            else:
+                delta = (h.astype(jnp.float32) @ a) @ b  # [N, R] first: never the [Din, Dout] product
             y = y + (cfg.scale * delta).astype(y.dtype)
         return y.reshape(*lead, self.features)
 

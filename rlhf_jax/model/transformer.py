@@ -197,12 +197,25 @@ class Transformer(nn.Module):
         logits = None
         if compute_logits:
             if c.tie_word_embeddings:
-                logits = jnp.einsum("BTD,VD->BTV", hidden, embed.embedding.astype(dt),
-                                    preferred_element_type=jnp.float32)
+                logits = _vocab_projection(hidden, embed.embedding, tied=True)
             else:
                 kernel = self.param("lm_head", nn.initializers.normal(0.02), (c.hidden_size, c.vocab_size), dt)
-                logits = jnp.einsum("BTD,DV->BTV", hidden, kernel, preferred_element_type=jnp.float32)
+                logits = _vocab_projection(hidden, kernel, tied=False)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(tuple(new_keys), tuple(new_values), key_mask, write_index + t)
         return ModelOutput(logits, hidden if return_hidden else None, new_cache)
+
+
+def _vocab_projection(hidden, weight, *, tied: bool):
+    w = weight.astype(hidden.dtype)
+    return jnp.einsum("BTD,VD->BTV" if tied else "BTD,DV->BTV", hidden, w, preferred_element_type=jnp.float32)
+
+
+def lm_logits(config: ModelConfig, params: dict, hidden: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+    """float32 next-token logits from final hidden states (``Transformer(...,
+    return_hidden=True, compute_logits=False)``): the LM head of ``params`` (the embedding when
+    tied). Lets a caller project only the rows and positions it needs."""
+    if config.tie_word_embeddings:
+        return _vocab_projection(hidden, params["embed"]["embedding"], tied=True)
+    return _vocab_projection(hidden, params["lm_head"], tied=False)
