@@ -110,3 +110,33 @@ def test_hidden_states_and_no_logits():
     out = model.apply({"params": params}, tokens, return_hidden=True, compute_logits=False)
     assert out.logits is None and out.hidden.shape == (2, 5, 16)
     assert cfg.num_params() == sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def test_safetensors_reader_matches_the_safetensors_library_for_each_dtype(tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file, save_file
+
+    from rlhf_jax.model.hf_io import _SafetensorsFolder
+
+    rng = np.random.default_rng(0)
+    tensors = {"f32": rng.normal(size=(3, 5)).astype(np.float32), "f16": rng.normal(size=(4,)).astype(np.float16),
+               "bf16": rng.normal(size=(2, 3, 2)).astype(ml_dtypes.bfloat16), "i64": np.arange(7),
+               "scalar": np.array(2.5, np.float32)}
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours, ref = _SafetensorsFolder(str(tmp_path)), load_file(tmp_path / "model.safetensors")
+    assert sorted(ours) == sorted(ref) and len(ours) == 5
+    for k in ref:
+        assert ours[k].dtype == ref[k].dtype and ours[k].shape == ref[k].shape, k
+        np.testing.assert_array_equal(ours[k].astype(np.float64), ref[k].astype(np.float64))
+
+
+def test_truncated_safetensors_file_is_named(tmp_path):
+    build_hf_checkpoint("llama", tmp_path / "m")
+    fp = tmp_path / "m" / "model.safetensors"
+    data = fp.read_bytes()
+    fp.write_bytes(data[:-64])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor .* is truncated"):
+        load_pretrained(str(tmp_path / "m"), tokenizer=False)
+    fp.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00nope!")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_pretrained(str(tmp_path / "m"), tokenizer=False)

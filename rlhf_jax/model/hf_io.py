@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -85,65 +86,103 @@ def config_from_hf(hf: dict, *, dtype: str = "float32") -> ModelConfig:
                        tie_word_embeddings=hf.get("tie_word_embeddings", False), **common)
 
 
-def _read_tensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    index = os.path.join(path, "model.safetensors.index.json")
-    single = os.path.join(path, "model.safetensors")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(single):
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
-                              "(PyTorch .bin checkpoints are not read; re-save with safe_serialization)")
-    out = {}
-    for name in files:
-        fp = os.path.join(path, name)
-        if not os.path.isfile(fp):
-            raise CheckpointError(f"{path}: shard {name} named in the index is missing")
-        with safe_open(fp, framework="flax") as f:
-            for key in f.keys():
-                out[key] = f.get_tensor(key)
-    return out
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _normalise_names(tensors: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
-    """GPT-2 checkpoints saved from ``GPT2Model`` lack the ``transformer.`` prefix; Llama ones saved
-    from the bare model lack ``model.``."""
-    prefix = "transformer." if config.arch == "gpt2" else "model."
-    out = {}
-    for k, v in tensors.items():
-        if k.startswith(prefix) or k.startswith("lm_head") or k.startswith("score") or k.startswith("model."):
-            out[k] = v
+def _safetensors_header(fp: str) -> tuple[dict, int]:
+    """``({name: {dtype, shape, data_offsets}}, offset of the data)`` of a safetensors file."""
+    with open(fp, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise CheckpointError(f"{fp}: not a safetensors file (unreadable header: {e})") from e
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+class _SafetensorsFolder(Mapping):
+    """The tensors of a folder's safetensors file(s), each read on access into a NumPy array with
+    a plain file read (no memory map: mapped pages would count in the process's resident memory
+    until the whole load ends), so that loading never holds a second copy of the checkpoint."""
+
+    def __init__(self, path: str):
+        index = os.path.join(path, "model.safetensors.index.json")
+        single = os.path.join(path, "model.safetensors")
+        if os.path.isfile(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        elif os.path.isfile(single):
+            files = ["model.safetensors"]
         else:
-            out[prefix + k] = v
-    return out
+            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
+                                  "(PyTorch .bin checkpoints are not read; re-save with safe_serialization)")
+        self._where: dict[str, tuple[str, dict, int]] = {}
+        for name in files:
+            fp = os.path.join(path, name)
+            if not os.path.isfile(fp):
+                raise CheckpointError(f"{path}: shard {name} named in the index is missing")
+            header, start = _safetensors_header(fp)
+            for key, info in header.items():
+                self._where[key] = (fp, info, start)
+
+    def __getitem__(self, key) -> np.ndarray:
+        import ml_dtypes
+
+        fp, info, start = self._where[key]
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{fp}: tensor {key} has unsupported dtype {info['dtype']}")
+        name = _SAFETENSORS_DTYPES[info["dtype"]]
+        dtype = np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name)
+        lo, hi = info["data_offsets"]
+        count = (hi - lo) // dtype.itemsize
+        x = np.fromfile(fp, dtype=dtype, count=count, offset=start + lo)
+        if x.size != int(np.prod(info["shape"], dtype=np.int64)):
+            raise CheckpointError(f"{fp}: tensor {key} is truncated ({x.size} of {info['shape']} values)")
+        return x.reshape(info["shape"])
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
 
 
-def params_from_tensors(tensors: dict[str, Any], config: ModelConfig, *, source: str = "checkpoint"
+def _hf_key(name: str, config: ModelConfig) -> str:
+    """GPT-2 checkpoints saved from ``GPT2Model`` lack the ``transformer.`` prefix; Llama ones saved
+    from the bare model lack ``model.``: our name for a checkpoint's tensor name."""
+    prefix = "transformer." if config.arch == "gpt2" else "model."
+    if name.startswith((prefix, "lm_head", "score", "model.")):
+        return name
+    return prefix + name
+
+
+def params_from_tensors(tensors: Mapping[str, Any], config: ModelConfig, *, source: str = "checkpoint"
                         ) -> dict:
-    """Our parameter tree from Hugging Face tensors; errors name missing and unexpected tensors."""
-    tensors = _normalise_names(tensors, config)
+    """Our parameter tree from Hugging Face tensors; errors name missing and unexpected tensors.
+    Tensors are converted one at a time (transposed and cast on the host, then placed on the
+    device), so the peak is the parameters plus one tensor."""
+    names = {_hf_key(k, config): k for k in tensors}
     table = hf_name_table(config)
     wanted = {hf for hf, _ in table.values()}
-    missing = sorted(w for w in wanted if w not in tensors)
+    missing = sorted(w for w in wanted if w not in names)
     if missing:
         raise CheckpointError(f"{source}: missing tensors {missing}")
-    unexpected = sorted(k for k in tensors if k not in wanted and not k.endswith(IGNORABLE_SUFFIXES)
+    unexpected = sorted(k for k in names if k not in wanted and not k.endswith(IGNORABLE_SUFFIXES)
                         and not (k == "lm_head.weight" and config.tie_word_embeddings))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensors {unexpected} for arch {config.arch!r}")
-    dt = config.jnp_dtype
+    dt = np.dtype(config.jnp_dtype)
     params: dict = {}
     for path, (hf, transpose) in table.items():
-        x = jnp.asarray(tensors[hf])
-        x = x.T if transpose else x
+        x = np.asarray(tensors[names[hf]])
+        x = np.ascontiguousarray(x.T if transpose else x, dtype=dt)
         node = params
         for n in path[:-1]:
             node = node.setdefault(n, {})
-        node[path[-1]] = x.astype(dt)
+        node[path[-1]] = jnp.asarray(x)
+        del x
     return params
 
 
@@ -159,7 +198,7 @@ def load_pretrained(path: str, *, dtype: str = "float32", tokenizer: bool = True
     with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
     config = config_from_hf(hf, dtype=dtype)
-    params = params_from_tensors(_read_tensors(path), config, source=path)
+    params = params_from_tensors(_SafetensorsFolder(path), config, source=path)
     tok = load_tokenizer(path) if tokenizer else None
     return Pretrained(config, params, tok)
 
