@@ -11,10 +11,14 @@ Rows:
 - TRL: its standard layout, four full models; policy and value fully fine-tuned.
 - ours LoRA: policy LoRA r=8 and critic LoRA r=8 (started from the reward adapter), reward LoRA
   r=8 + score head, all on one base (the library's design).
-- ours full-rank LoRA: our PPOTrainer trains adapters only (no full fine-tuning of policy and
-  critic); the closest we can run is LoRA with rank = width (256) on every block matmul, which can
-  express any update of those kernels (not of embeddings, norms or the LM head). It computes MORE
-  than full fine-tuning (x A B on top of x W), so it is a pessimistic stand-in.
+- ours full: full fine-tuning (``PPOConfig(policy_lora=None, critic_lora=None)``): the policy and
+  the critic are trainable copies of the whole model (the critic starts from the base with the
+  reward adapter merged in), the reference is the frozen base and the reward its adapter: the
+  like-for-like against TRL's two trained full models.
+
+Both of ours take PPO's "old" log-probs from the sampler (``old_logprobs="sampler"``: the
+log-probs the sampler computed while generating, equal to a recomputation up to float rounding)
+instead of one more policy forward pass; ``--old-logprobs recompute`` does that pass, as TRL does.
 
 Throughput: the three run in ONE process, alternating step by step (our steps run inside a TRL
 step-end callback, outside TRL's timed span). Episodes/s = 16 / median step time over the steps
@@ -42,8 +46,9 @@ N = matmul parameters with the LM head, N_h = without it (critic and reward read
       + 2 B T (2 N + 2 N_h)                      policy, reference, critic, reward forwards
       + E B T c (N + N_h)                        updates of policy and critic
 
-with c = 6 for full fine-tuning (TRL, and our full-rank stand-in: its useful work) and c = 4 for
-LoRA (forward + gradient through the activations; the frozen base gets no weight gradient).
+with c = 6 for full fine-tuning and c = 4 for LoRA (forward + gradient through the activations; the
+frozen base gets no weight gradient); with sampler log-probs the policy forward (2 B T N) is not
+done and not counted.
 
     python experiments/bench_ppo.py            # full run, a few minutes on 2 cores
     python experiments/bench_ppo.py --quick    # 1 + 2 steps
@@ -86,10 +91,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bc.add_common_args(p)
     p.add_argument("--no-memory", action="store_true", help="skip the per-run child processes")
-    p.add_argument("--variants", default="lora,fullrank",
-                   help="our runs, comma separated: lora (r=8 adapters), fullrank (rank = width)")
+    p.add_argument("--variants", default="lora,full",
+                   help="our runs, comma separated: lora (r=8 adapters), full (full fine-tuning)")
+    p.add_argument("--old-logprobs", default="sampler", choices=["sampler", "recompute"],
+                   help="our PPOConfig.old_logprobs (TRL recomputes them)")
     p.add_argument("--no-big", action="store_true", help="skip the memory runs at the larger width")
-    p.add_argument("--child", choices=["trl", "lora", "fullrank"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["trl", "lora", "full"], help=argparse.SUPPRESS)
     p.add_argument("--big", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--world", help=argparse.SUPPRESS)
@@ -122,9 +129,9 @@ def setup_of(args) -> Setup:
 # our side (never imports torch)
 
 
-def make_ours(variant: str, cfg, base, tokenizer, prompts, s: Setup):
-    """Our PPOTrainer: ``variant`` "lora" (r = s.rank, critic from the reward adapter) or
-    "fullrank" (policy and critic LoRA of rank = width, critic from zero)."""
+def make_ours(variant: str, cfg, base, tokenizer, prompts, s: Setup, old_logprobs: str = "sampler"):
+    """Our PPOTrainer: ``variant`` "lora" (r = s.rank adapters) or "full" (policy and critic fully
+    fine-tuned); the critic starts from the reward adapter (merged into its copy when full)."""
     import jax
 
     from rlhf_jax.lora import LoraConfig, init_lora
@@ -136,9 +143,8 @@ def make_ours(variant: str, cfg, base, tokenizer, prompts, s: Setup):
     rm_lora = LoraConfig(rank=s.rank, alpha=2.0 * s.rank)
     rm = RewardModel({"lora": init_lora(Transformer(cfg, lora=rm_lora), key),
                       "head": init_head(jax.random.fold_in(key, 1), cfg.hidden_size)}, lora=rm_lora)
-    rank = s.rank if variant == "lora" else cfg.hidden_size
-    lora = LoraConfig(rank=rank, alpha=2.0 * rank)
-    pc = PPOConfig(policy_lora=lora, critic_lora=lora, critic_init="reward" if variant == "lora" else "zero",
+    lora = LoraConfig(rank=s.rank, alpha=2.0 * s.rank) if variant == "lora" else None
+    pc = PPOConfig(policy_lora=lora, critic_lora=lora, critic_init="reward", old_logprobs=old_logprobs,
                    batch_size=s.batch, mini_batch_size=s.mini_batch, ppo_epochs=s.epochs,
                    sampling=SamplingConfig(max_new_tokens=s.response, temperature=1.0, eos_ids=()),
                    kl_coef=0.05, kl_estimator="k1", whiten_advantages=True,
@@ -251,11 +257,11 @@ class GenerationTimer:
 # model FLOPs
 
 
-def ppo_flops(cfg, s: Setup, prompt_len: int, c: int) -> float:
+def ppo_flops(cfg, s: Setup, prompt_len: int, c: int, recompute: bool = True) -> float:
     n, nh = bc.matmul_params(cfg), bc.matmul_params(cfg, lm_head=False)
     t, b = prompt_len + s.response, s.batch
     gen = 2 * nh * b * (t - 1) + 2 * cfg.vocab_size * cfg.hidden_size * b * s.response
-    exp = 2 * b * t * (2 * n + 2 * nh)
+    exp = 2 * b * t * ((2 if recompute else 1) * n + 2 * nh)
     upd = s.epochs * b * t * c * (n + nh)
     return float(gen + exp + upd)
 
@@ -285,7 +291,7 @@ def child(args):
 
         jax.devices()
         base_rss = bc.rss_now()
-        trainer = make_ours(args.child, *load_ours(args.ckpt, args.world), s)
+        trainer = make_ours(args.child, *load_ours(args.ckpt, args.world), s, args.old_logprobs)
         times = [ours_step(trainer, i)[0] for i in range(total)]
     bc.emit_result({"peak": bc.peak_rss(), "base": base_rss, "times": times,
                     "eps": s.batch / bc.median(times[s.warmup:])})
@@ -300,7 +306,8 @@ def gpu_main(args, s: Setup):
     cfg, peak, how, base = bc.gpu_start(args.tiny)
     with tempfile.TemporaryDirectory() as root:
         world = bc.build_world_dir(args.world_dir or Path(root) / "world")
-        trainer = make_ours("lora", cfg, base, world.tokenizer, [p.text for p in world.train_prompts], s)
+        trainer = make_ours("lora", cfg, base, world.tokenizer, [p.text for p in world.train_prompts], s,
+                            args.old_logprobs)
         times, gen = [], []
         for i in range(s.warmup + s.steps):
             times.append(ours_step(trainer, i)[0])
@@ -308,7 +315,7 @@ def gpu_main(args, s: Setup):
                 gen.append(ours_rollout_time(trainer, i))
     step, g = bc.median(times[s.warmup:]), bc.median(gen)
     p = trainer.prompts.tokens.shape[1]
-    flops = ppo_flops(cfg, s, p, 4)
+    flops = ppo_flops(cfg, s, p, 4, args.old_logprobs == "recompute")
     print(f"\nmatmul limit: {peak / 1e12:.1f} TFLOP/s ({how})\n")
     bc.print_table(
         ["model", "batch", "episodes/s", "s/step", "generation tokens/s", "compile s", "model TFLOP/s",
@@ -343,7 +350,7 @@ def main(argv=None):
         variants = [v for v in args.variants.split(",") if v]
         if "lora" not in variants:
             raise SystemExit("--variants must include lora")
-        ours = {v: make_ours(v, cfg, base, tok, prompts, s) for v in variants}
+        ours = {v: make_ours(v, cfg, base, tok, prompts, s, args.old_logprobs) for v in variants}
         p = ours["lora"].prompts.tokens.shape[1]
         rec = {v: {"t": [], "len": [], "gen": []} for v in ours}
 
@@ -372,21 +379,22 @@ def main(argv=None):
         mem, big = {}, {}
         if not args.no_memory:
             for v in ["trl", *variants]:
-                mem[v] = bc.run_child(SCRIPT, ["--child", v, "--ckpt", ckpt, "--world", str(world_dir)]
+                mem[v] = bc.run_child(SCRIPT, ["--child", v, "--ckpt", ckpt, "--world", str(world_dir),
+                                               "--old-logprobs", args.old_logprobs]
                                       + (["--tiny"] if args.tiny else []) + (["--quick"] if args.quick else []))
             if not (args.no_big or args.tiny or args.quick):
                 big_ckpt = bc.build_checkpoint(Path(root) / "big", vocab=len(world.tokenizer), **BIG_SHAPE)
                 big_cfg = load_pretrained_config(big_ckpt)
-                for v in ("trl", "lora"):  # a full-rank adapter at width 768 would outgrow full fine-tuning
+                for v in ("trl", *variants):
                     big[v] = bc.run_child(SCRIPT, ["--child", v, "--big", "--ckpt", big_ckpt, "--world",
-                                                   str(world_dir)])
+                                                   str(world_dir), "--old-logprobs", args.old_logprobs])
     rates += bc.matmul_rate()
     peak = bc.median(rates)
     names = {"trl": "TRL 1.12 PPOTrainer (4 full models)", "lora": f"ours, LoRA r={s.rank} (one base)",
-             "fullrank": f"ours, full-rank LoRA r={cfg.hidden_size} (full FT stand-in)"}
+             "full": "ours, full fine-tuning (one frozen base + 2 trained copies)"}
     held = {"trl": "policy, ref, value, reward: 4 x base", "lora": "1 base + 3 adapters + 2 heads",
-            "fullrank": "1 base + 2 rank-256 adapters + reward adapter + 2 heads"}
-    c = {"trl": 6, "lora": 4, "fullrank": 6}
+            "full": "base (reference) + policy + critic copies + reward adapter + 2 heads"}
+    c = {"trl": 6, "lora": 4, "full": 6}
     print(f"\nfloat32 matmul rate (jitted 1024^3, median of {len(rates)}): {peak / 1e9:.1f} GFLOP/s; "
           f"load average at end {os.getloadavg()[0]:.1f}\n")
     eps = {}
@@ -394,7 +402,7 @@ def main(argv=None):
     for v, r in rows.items():
         med = bc.median(r["t"][s.warmup:])
         eps[v] = s.batch / med
-        f = ppo_flops(cfg, s, p, c[v]) / med
+        f = ppo_flops(cfg, s, p, c[v], v == "trl" or args.old_logprobs == "recompute") / med
         table.append([names[v], held[v], f"{eps[v]:.2f}", f"{med:.2f}", f"{bc.median(r['gen']):.2f}",
                       f"{r['t'][0] - med:.1f}", f"{np.mean(r['len']):.1f}", f"{f / 1e9:.1f}",
                       f"{100 * f / peak:.1f}%"])
@@ -418,21 +426,24 @@ def main(argv=None):
                                       bc.mib(m["base"]), bc.mib(m["peak"] - m["base"]), f"{m['eps']:.2f}"]
                                      for v, m in big.items()])
     print(bc.ratio_line("PPO episodes/s, ours LoRA", eps["lora"], eps["trl"], target=1.5))
-    if "fullrank" in eps:
-        print(bc.ratio_line("PPO episodes/s, ours full-rank LoRA (full FT stand-in)", eps["fullrank"], eps["trl"],
+    if "full" in eps:
+        print(bc.ratio_line("PPO episodes/s, ours full fine-tuning", eps["full"], eps["trl"],
                             target=1.2))
     if mem:
         print(bc.ratio_line("PPO peak RSS, ours LoRA", mem["lora"]["peak"], mem["trl"]["peak"], target=0.4,
                             higher_is_better=False))
         print(bc.ratio_line("PPO peak RSS above imports, ours LoRA", mem["lora"]["peak"] - mem["lora"]["base"],
                             mem["trl"]["peak"] - mem["trl"]["base"]))
-        if "fullrank" in mem:
-            print(bc.ratio_line("PPO peak RSS, ours full-rank LoRA", mem["fullrank"]["peak"], mem["trl"]["peak"]))
+        if "full" in mem:
+            print(bc.ratio_line("PPO peak RSS, ours full fine-tuning", mem["full"]["peak"], mem["trl"]["peak"]))
     if big:
         print(bc.ratio_line(f"PPO peak RSS at {bc.params_label(big_cfg)}, ours LoRA", big["lora"]["peak"],
                             big["trl"]["peak"], target=0.4, higher_is_better=False))
         print(bc.ratio_line(f"PPO peak RSS above imports at {bc.params_label(big_cfg)}, ours LoRA",
                             big["lora"]["peak"] - big["lora"]["base"], big["trl"]["peak"] - big["trl"]["base"]))
+        if "full" in big:
+            print(bc.ratio_line(f"PPO peak RSS at {bc.params_label(big_cfg)}, ours full fine-tuning",
+                                big["full"]["peak"], big["trl"]["peak"]))
     return {"eps": eps, "mem": mem}
 
 
