@@ -79,3 +79,38 @@ def test_full_finetuning_and_nonfinite_update_is_skipped(tmp_path):
         lora=LoraConfig(rank=2), batch_size=8, max_length=10, run=RunConfig(max_steps=3, progress=False)))
     assert res.history[-1]["skipped"] == 3
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(res.lora))
+
+
+def test_trim_padding_cuts_shared_padding_to_a_multiple():
+    from rlhf_jax.train.state import trim_padding
+
+    mask = np.array([[0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]])
+    ids = np.arange(16).reshape(2, 8)
+    out = trim_padding({"input_ids": ids, "attention_mask": mask, "margin": np.array([0.5, 1.0])}, multiple=2)
+    np.testing.assert_array_equal(out["attention_mask"], mask[:, 4:])  # longest 4 -> width 4
+    np.testing.assert_array_equal(out["input_ids"], ids[:, 4:])
+    np.testing.assert_array_equal(out["margin"], [0.5, 1.0])  # not sequence-shaped: untouched
+    assert trim_padding({"input_ids": ids, "attention_mask": mask}, multiple=3)["input_ids"].shape == (2, 6)
+    assert trim_padding({"input_ids": ids, "attention_mask": mask}, multiple=16)["input_ids"].shape == (2, 8)
+    right = mask[:, ::-1]  # right padding keeps the first columns
+    np.testing.assert_array_equal(trim_padding({"attention_mask": right}, multiple=2)["attention_mask"], right[:, :4])
+    assert trim_padding({"attention_mask": mask}, multiple=0)["attention_mask"].shape == (2, 8)
+    three = np.zeros((2, 2, 8), int)  # reward batches [B, K, T]
+    three[..., 6:] = 1
+    assert trim_padding({"attention_mask": three}, multiple=4)["attention_mask"].shape == (2, 2, 4)
+
+
+def test_trimmed_batches_give_the_same_loss_as_full_width():
+    from rlhf_jax.train.sft import _rows
+
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    params = tiny_base(cfg)
+    data, _ = encode_sft(tok, ["w1 w2", "w3"], ["w4 w5", "w6"], max_length=24)
+    model = Transformer(cfg)
+    losses = []
+    for mult in (0, 4):
+        b = _rows(data, np.arange(2), mult)
+        logits = model.apply({"params": params}, b.input_ids, attention_mask=b.attention_mask).logits
+        losses.append(float(lm_loss(logits, b.input_ids, b.loss_mask)[0]))
+        assert b.input_ids.shape[1] == (24 if mult == 0 else 8)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

@@ -16,7 +16,8 @@ from rlhf_jax.losses import masked_mean, token_logprobs
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
-from rlhf_jax.train.state import OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer
+from rlhf_jax.train.state import (OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer,
+                                  trim_padding)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,10 @@ class SFTConfig:
     """Context length; longer prompts are cut from the left, too-long completions skipped (counted)."""
     append_eos: bool = True
     """Append the tokenizer's EOS to every completion (off when the texts already end with it)."""
+    pad_multiple: int = 8
+    """Each batch is cut to its longest sequence, rounded up to a multiple of this (a few
+    compiled shapes, no work on columns that are padding in every row); ``0``: every batch keeps
+    the data's full width (one shape)."""
     eval_fraction: float = 0.1
     """Share of the pairs held out for the evaluation loss and perplexity."""
     eval_every: int = 0
@@ -116,8 +121,9 @@ def make_sft_step(model: Transformer, optimizer):
     return step, evaluate
 
 
-def _rows(data: SFTData, idx) -> SFTData:
-    return SFTData(*(jnp.asarray(x[idx]) for x in data))
+def _rows(data: SFTData, idx, pad_multiple: int = 0) -> SFTData:
+    rows = trim_padding(SFTData(*(x[idx] for x in data)), multiple=pad_multiple)
+    return SFTData(*(jnp.asarray(x) for x in rows))
 
 
 def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Sequence[str],
@@ -157,14 +163,14 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
             return {}
         tot, cnt = 0.0, 0.0
         for i in range(0, n_eval, config.batch_size):
-            s, c = eval_fn(trainable, _rows(held, slice(i, i + config.batch_size)), base)
+            s, c = eval_fn(trainable, _rows(held, slice(i, i + config.batch_size), config.pad_multiple), base)
             tot, cnt = tot + float(s), cnt + float(c)
         loss = tot / max(cnt, 1.0)
         return {"eval_loss": loss, "eval_perplexity": float(np.exp(loss))}
 
     for step in range(start, config.run.max_steps):
         idx = batch_indices(step, train.input_ids.shape[0], config.batch_size, config.run.seed)
-        state, metrics = step_fn(state, shard_batch(_rows(train, idx), mesh), base)
+        state, metrics = step_fn(state, shard_batch(_rows(train, idx, config.pad_multiple), mesh), base)
         if config.eval_every and (step + 1) % config.eval_every == 0:
             metrics = dict(metrics, **evaluate(state.params))
         logger.log(step, metrics)

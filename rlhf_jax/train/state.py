@@ -99,3 +99,30 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> "np.ndarray"
     epoch, i = divmod(int(step), per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def trim_padding(batch, *, multiple: int, mask_key: str = "attention_mask"):
+    """Cut the sequence columns (last axis) that are padding in EVERY row of a host batch, keeping
+    the width a multiple of ``multiple`` (at most the original width) so that a run compiles a
+    few shapes, not one per batch. Positions come from the mask, so the model's outputs on the
+    real tokens do not change. ``batch``: a dict or NamedTuple of NumPy arrays; those shaped like
+    the mask are cut, others (per-row margins, ranks) pass through; ``multiple=0`` returns it
+    unchanged."""
+    import numpy as np
+
+    if not multiple:
+        return batch
+    items = batch._asdict() if hasattr(batch, "_asdict") else dict(batch)
+    mask = np.asarray(items[mask_key])
+    t = mask.shape[-1]
+    used = np.nonzero(mask.reshape(-1, t).any(axis=0))[0]
+    if used.size == 0:
+        return batch
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    width = min(t, -(-(hi - lo) // multiple) * multiple)
+    if hi == t:  # left padded (or full): keep the last ``width`` columns
+        lo = t - width
+    else:
+        lo = min(lo, t - width)
+    cut = {k: np.asarray(v)[..., lo:lo + width] if np.shape(v) == mask.shape else v for k, v in items.items()}
+    return type(batch)(**cut) if hasattr(batch, "_asdict") else cut
