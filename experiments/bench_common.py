@@ -294,6 +294,52 @@ def torch_threads() -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# our trainers' batches: cut to their longest sequence (``pad_multiple``), as train_sft and
+# train_reward_model do
+
+
+class TrimmedSteps:
+    """The rows of each step (``batch_indices``) cut with ``trim_padding(multiple)``, as our
+    trainers feed them. ``warm(run_step)`` runs one step per width that later steps will use
+    (during the warm-up step), so that no compile lands in a measured step."""
+
+    def __init__(self, data, *, batch: int, seed: int, steps: int, multiple: int = 8, mask_key: str = "attention_mask"):
+        from rlhf_jax.train import batch_indices
+
+        self.data, self.batch, self.seed, self.multiple = data, batch, seed, multiple
+        items = data._asdict() if hasattr(data, "_asdict") else data
+        n = np.shape(items[mask_key])[0]
+        self.idx = [batch_indices(i, n, batch, seed) for i in range(steps)]
+        width = lambda r: (r[mask_key] if isinstance(r, dict) else getattr(r, mask_key)).shape[-1]
+        self.widths = [width(self.rows(i)) for i in range(steps)]
+
+    def rows(self, i: int):
+        """Host (NumPy) rows of step ``i``, trimmed."""
+        from rlhf_jax.train import trim_padding
+
+        d = self.data
+        cut = type(d)(*(x[self.idx[i]] for x in d)) if hasattr(d, "_asdict") else {k: v[self.idx[i]] for k, v in d.items()}
+        return trim_padding(cut, multiple=self.multiple)
+
+    def device_rows(self, i: int):
+        import jax.numpy as jnp
+
+        r = self.rows(i)
+        return type(r)(*(jnp.asarray(x) for x in r)) if hasattr(r, "_asdict") else {k: jnp.asarray(v) for k, v in r.items()}
+
+    def warm(self, run_step) -> None:
+        """``run_step(rows)`` once for each width of steps 1.. that step 0 does not have."""
+        seen = {self.widths[0]}
+        for i, w in enumerate(self.widths):
+            if w not in seen:
+                seen.add(w)
+                run_step(self.device_rows(i))
+
+    def mean_width(self, start: int = 1) -> float:
+        return float(np.mean(self.widths[start:] or self.widths))
+
+
+# --------------------------------------------------------------------------------------------
 # output
 
 

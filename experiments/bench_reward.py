@@ -7,8 +7,9 @@ chosen / rejected), tokenised once by our ``encode_pairs`` and handed to TRL pre
 (``chosen_ids`` / ``rejected_ids``). Batch 16 pairs (32 sequences), Bradley-Terry loss, AdamW with
 gradient clipping 1.0, float32, no gradient checkpointing (TRL's default is on; we turn it off).
 
-Padding: ours pads every batch to the longest sequence of the data (one static shape); TRL pads
-each batch to its own longest sequence. Pairs/s = 16 / median step time.
+Padding: ours cuts each batch to its longest sequence rounded up to a multiple of 8 (as
+``train_reward_model`` does: ``RewardConfig.pad_multiple``; a few compiled shapes, all compiled
+during the warm-up step); TRL pads each batch to its own longest sequence. Pairs/s = 16 / median step time.
 
 Rows: TRL full fine-tuning (its default); ours full fine-tuning (``RewardConfig(lora=None)``, like
 for like); ours LoRA r=8 (``RewardConfig``'s default: the reward adapter over the shared base).
@@ -85,7 +86,7 @@ class OursReward:
     is a copy of the base + the score head) or a LoRA adapter + head over the frozen base, jitted
     once (``rlhf_jax.sharding.jit_step``, state donated) as ``train_reward_model`` does."""
 
-    def __init__(self, cfg, base, arrays, *, batch: int, lr: float, lora=None, seed: int = 0):
+    def __init__(self, cfg, base, arrays, *, batch: int, lr: float, steps: int, lora=None, seed: int = 0):
         import jax
         import jax.numpy as jnp
 
@@ -107,19 +108,19 @@ class OursReward:
         step, _ = make_reward_step(cfg, lora, opt, rc)
         self.state = init_state(params, opt, seed)
         self.step_fn = jit_step(step, None, self.state)
-        self.arrays, self.batch, self.seed = arrays, batch, seed
+        self.batches = bc.TrimmedSteps(arrays, batch=batch, seed=seed, steps=steps)
 
-    def __call__(self, i: int) -> float:
+    def run(self, rows) -> None:
         import jax
-        import jax.numpy as jnp
 
-        from rlhf_jax.train import batch_indices
-
-        t0 = time.perf_counter()
-        idx = batch_indices(i, self.arrays["input_ids"].shape[0], self.batch, self.seed)
-        rows = {k: jnp.asarray(v[idx]) for k, v in self.arrays.items()}
         self.state, m = self.step_fn(self.state, rows, self.shared)
         jax.block_until_ready((self.state, m))
+
+    def __call__(self, i: int) -> float:
+        t0 = time.perf_counter()
+        if i == 0:  # compile every batch width now, not in a measured step
+            self.batches.warm(self.run)
+        self.run(self.batches.device_rows(i))
         return time.perf_counter() - t0
 
 
@@ -178,7 +179,7 @@ def gpu_main(args, s: Setup):
     rows = []
     runs = (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4))
     for name, lora, c in runs[:1] if args.tiny else runs:  # --tiny: the code path only
-        run = OursReward(cfg, base, arrays, batch=b, lr=s.lr, lora=lora)
+        run = OursReward(cfg, base, arrays, batch=b, lr=s.lr, lora=lora, steps=s.warmup + s.steps)
         times = [run(i) for i in range(s.warmup + s.steps)]
         med = bc.median(times[s.warmup:])
         f = c * n * 2 * b * t / med
@@ -207,10 +208,10 @@ def main(argv=None):
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
         cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
         arrays = pair_arrays(world, s)
-        t_pad = arrays["input_ids"].shape[-1]
-        ours = {"full": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr),
-                "lora": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr,
+        ours = {"full": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr, steps=total),
+                "lora": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr, steps=total,
                                    lora=LoraConfig(rank=s.rank, alpha=2.0 * s.rank))}
+        t_pad = ours["full"].batches.mean_width(s.warmup)
         times = {k: [] for k in ours}
 
         def between(i):
@@ -223,7 +224,8 @@ def main(argv=None):
             real = float(arrays["attention_mask"].sum(-1).mean())
             print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} "
                   f"blocks, vocab {cfg.vocab_size}); {arrays['input_ids'].shape[0]} pairs, mean {real:.1f} real "
-                  f"tokens per sequence, ours padded to {t_pad}; batch {s.batch} pairs; {s.warmup} warm-up + "
+                  f"tokens per sequence, ours padded to "
+                  f"{t_pad:.1f} on average (widths {sorted(set(ours['full'].batches.widths))}); batch {s.batch} pairs; {s.warmup} warm-up + "
                   f"{s.steps} measured steps", flush=True)
             gc.collect()
             gc.freeze()

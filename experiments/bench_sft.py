@@ -6,8 +6,9 @@ and handed to TRL pre-tokenised (``input_ids`` + ``completion_mask``, completion
 32 sequences, AdamW with gradient clipping 1.0, float32, no gradient checkpointing (TRL's default
 is on; we turn it off, as we do not rematerialise either), no packing.
 
-Padding: ours pads every batch to the longest sequence of the data (one static shape, as
-``train_sft`` does); TRL pads each batch to its own longest sequence. Tokens/s counts REAL tokens:
+Padding: ours cuts each batch to its longest sequence rounded up to a multiple of 8 (as
+``train_sft`` does: ``SFTConfig.pad_multiple``; a few compiled shapes, all compiled during the
+warm-up step); TRL pads each batch to its own longest sequence. Tokens/s counts REAL tokens:
 32 x the mean real length of the data, the same for both sides, divided by the median step time.
 
 Rows: TRL full fine-tuning; ours full fine-tuning (like for like); ours LoRA r=8 (``SFTConfig``'s
@@ -83,7 +84,7 @@ class OursSFT:
     the frozen base, jitted once (``rlhf_jax.sharding.jit_step``, state donated) as ``train_sft``
     does; each step takes its rows with ``batch_indices`` and copies them to the device."""
 
-    def __init__(self, cfg, params, data, *, batch: int, lr: float, lora=None, seed: int = 0):
+    def __init__(self, cfg, params, data, *, batch: int, lr: float, steps: int, lora=None, seed: int = 0):
         import jax
         import jax.numpy as jnp
 
@@ -100,19 +101,19 @@ class OursSFT:
         step, _ = make_sft_step(model, opt)
         self.state = init_state(trainable, opt, seed)
         self.step_fn = jit_step(step, None, self.state)
-        self.data, self.batch, self.seed = data, batch, seed
+        self.batches = bc.TrimmedSteps(data, batch=batch, seed=seed, steps=steps)
 
-    def __call__(self, i: int) -> float:
+    def run(self, rows) -> None:
         import jax
-        import jax.numpy as jnp
 
-        from rlhf_jax.train import SFTData, batch_indices
-
-        t0 = time.perf_counter()
-        idx = batch_indices(i, self.data.input_ids.shape[0], self.batch, self.seed)
-        rows = SFTData(*(jnp.asarray(x[idx]) for x in self.data))
         self.state, m = self.step_fn(self.state, rows, self.base)
         jax.block_until_ready((self.state, m))
+
+    def __call__(self, i: int) -> float:
+        t0 = time.perf_counter()
+        if i == 0:  # compile every batch width now, not in a measured step
+            self.batches.warm(self.run)
+        self.run(self.batches.device_rows(i))
         return time.perf_counter() - t0
 
 
@@ -164,7 +165,7 @@ def gpu_main(args, s: Setup):
     rows = []
     runs = (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4))
     for name, lora, c in runs[:1] if args.tiny else runs:  # --tiny: the code path only
-        run = OursSFT(cfg, params, data, batch=b, lr=s.lr, lora=lora)
+        run = OursSFT(cfg, params, data, batch=b, lr=s.lr, lora=lora, steps=s.warmup + s.steps)
         times = [run(i) for i in range(s.warmup + s.steps)]
         med = bc.median(times[s.warmup:])
         f = c * n * b * t / med
@@ -193,11 +194,11 @@ def main(argv=None):
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
         cfg, params, _ = load_pretrained(ckpt, tokenizer=False)
         data = sft_data(world, s)
-        t_pad = data.input_ids.shape[1]
         real = float(data.attention_mask.sum(1).mean())
-        ours = {"full": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr),
-                "lora": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr, lora=LoraConfig(rank=s.rank,
-                                                                                         alpha=2.0 * s.rank))}
+        ours = {"full": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr, steps=total),
+                "lora": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr, steps=total,
+                                lora=LoraConfig(rank=s.rank, alpha=2.0 * s.rank))}
+        t_pad = ours["full"].batches.mean_width(s.warmup)
         times = {k: [] for k in ours}
 
         def between(i):
@@ -209,7 +210,8 @@ def main(argv=None):
             trainer = make_trl(ckpt, world.tokenizer, data, s, total, out, callbacks=[clock])
             print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} "
                   f"blocks, vocab {cfg.vocab_size}); {data.input_ids.shape[0]} examples, mean {real:.1f} real "
-                  f"tokens, ours padded to {t_pad}; batch {s.batch}; {s.warmup} warm-up + {s.steps} measured steps",
+                  f"tokens, ours padded to "
+                  f"{t_pad:.1f} on average (widths {sorted(set(ours['full'].batches.widths))}); batch {s.batch}; {s.warmup} warm-up + {s.steps} measured steps",
                   flush=True)
             gc.collect()
             gc.freeze()

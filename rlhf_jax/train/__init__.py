@@ -8,7 +8,8 @@ from rlhf_jax.train.reward import (RewardConfig, RewardModel, RewardResult, load
 from rlhf_jax.train.reward_fn import ModelReward, TextReward
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig, plot_curves
 from rlhf_jax.train.sft import SFTConfig, SFTData, SFTResult, encode_sft, lm_loss, make_sft_step, train_sft
-from rlhf_jax.train.state import OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer
+from rlhf_jax.train.state import (OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer,
+                                  trim_padding)
 
 __all__ = [
     "Checkpoints", "Experience", "MetricsLogger", "ModelReward", "OptimConfig", "PPOConfig", "PPOResult",
@@ -16,5 +17,5 @@ __all__ = [
     "SFTData", "SFTResult", "TextReward", "TrainState", "batch_indices", "encode_sft", "guarded_update",
     "init_state", "lm_loss", "load_reward_model", "make_optimizer", "make_ppo_experience", "make_ppo_step", "make_reward_step",
     "make_sft_step", "normalize_reward_model", "plot_curves", "policy_variables", "raw_scores", "save_reward_model",
-    "train_reward_model", "train_sft",
+    "train_reward_model", "train_sft", "trim_padding",
 ]
