@@ -15,7 +15,7 @@ __all__ = [
     "Checkpoints", "Experience", "MetricsLogger", "ModelReward", "OptimConfig", "PPOConfig", "PPOResult",
     "PPOState", "PPOTrainer", "RewardConfig", "RewardModel", "RewardResult", "RunConfig", "SFTConfig",
     "SFTData", "SFTResult", "TextReward", "TrainState", "batch_indices", "encode_sft", "guarded_update",
-    "init_state", "lm_loss", "load_reward_model", "make_optimizer", "make_ppo_experience", "make_ppo_step", "make_reward_step",
-    "make_sft_step", "normalize_reward_model", "plot_curves", "policy_variables", "raw_scores", "save_reward_model",
-    "train_reward_model", "train_sft", "trim_padding",
+    "init_state", "lm_loss", "load_reward_model", "make_optimizer", "make_ppo_experience", "make_ppo_step",
+    "make_reward_step", "make_sft_step", "normalize_reward_model", "plot_curves", "policy_variables", "raw_scores",
+    "save_reward_model", "train_reward_model", "train_sft", "trim_padding",
 ]

@@ -33,7 +33,7 @@ from rlhf_jax.rollout import Rollout, Sampler, SamplingConfig, decode_responses,
 from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train.reward_fn import ModelReward, TextReward
 from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
-from rlhf_jax.train.state import OptimConfig, all_finite, batch_indices, guarded_update, make_optimizer
+from rlhf_jax.train.state import OptimConfig, batch_indices, guarded_update, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
