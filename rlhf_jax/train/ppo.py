@@ -301,7 +301,8 @@ class PPOTrainer:
 
     Args:
       model_config: the base's config.
-      base: the frozen base parameters (the SFT model, any SFT adapter merged in).
+      base: the frozen base parameters (the SFT model, any SFT adapter merged in): the reference,
+        never modified (a fully fine-tuned policy or critic trains a copy of it).
       tokenizer: a ``transformers`` tokenizer with a pad token.
       prompts: prompt texts.
       reward: a :class:`ModelReward` or :class:`TextReward`.
@@ -381,7 +382,8 @@ class PPOTrainer:
                         jax.random.fold_in(key, 3), jnp.zeros((), jnp.int32))
 
     def held_arrays(self) -> dict:
-        """Every array the run holds: one base, the reward model's own arrays, the PPO state."""
+        """Every array the run holds: one base, the reward model's own arrays, the PPO state (with
+        full fine-tuning, its copies of the base and their optimizer state)."""
         reward = self.reward.arrays() if isinstance(self.reward, ModelReward) else {}
         return {"base": self.base, "reward": reward, "state": self.state, "prompts": tuple(self.prompts[:2])}
 
