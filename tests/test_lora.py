@@ -126,3 +126,49 @@ def test_config_validation():
         LoraConfig(init="xavier")
     with pytest.raises(ValueError, match="without a LoraConfig"):
         init_lora(Transformer(LLAMA), jax.random.PRNGKey(0))
+
+
+def test_lora_matmul_values_and_gradients_equal_the_unmerged_formula():
+    from rlhf_jax.model.layers import lora_matmul
+
+    ks = jax.random.split(jax.random.PRNGKey(3), 5)
+    x, w = jax.random.normal(ks[0], (40, 12)), jax.random.normal(ks[1], (12, 9))
+    a, b = jax.random.normal(ks[2], (12, 3)), jax.random.normal(ks[3], (3, 9))
+    g = jax.random.normal(ks[4], (40, 9))
+    plain = lambda x, w, a, b: x @ w + (x @ a) @ b
+    np.testing.assert_allclose(lora_matmul(x, w, a, b), plain(x, w, a, b), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda *args: jnp.sum(f(*args) * g)
+    ours = jax.grad(loss(lora_matmul), argnums=(0, 1, 2, 3))(x, w, a, b)
+    ref = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(x, w, a, b)
+    for o, r in zip(ours, ref):
+        np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-4, atol=1e-4)
+
+
+def test_dense_uses_the_merged_kernel_only_for_many_rows_and_float32():
+    """Many rows: the merged path; one decode row, bfloat16 kernels or active dropout: the
+    unmerged one; the outputs agree either way."""
+    import flax.linen as nn
+
+    from rlhf_jax.model.layers import Dense
+
+    class Wrap(nn.Module):
+        lora: LoraConfig
+        dtype: jnp.dtype = jnp.float32
+
+        @nn.compact
+        def __call__(self, x):
+            return Dense(6, lora=self.lora, dtype=self.dtype, name="d")(x)
+
+    lcfg = LoraConfig(rank=2, alpha=4.0, targets=("d",), dropout=0.0)
+    layer = Wrap(lcfg)
+    for rows in (1, 64):
+        x = jax.random.normal(jax.random.PRNGKey(rows), (rows, 5))
+        v = layer.init(jax.random.PRNGKey(0), x)
+        v = {"params": v["params"], "lora": {"d": {"a": v["lora"]["d"]["a"], "b": jnp.ones((2, 6))}}}
+        jaxpr = str(jax.make_jaxpr(lambda v, x: layer.apply(v, x))(v, x))
+        assert ("custom_vjp_call" in jaxpr) == (rows == 64)
+        ref = x @ v["params"]["d"]["kernel"] + 2.0 * (x @ v["lora"]["d"]["a"]) @ v["lora"]["d"]["b"]
+        np.testing.assert_allclose(np.asarray(layer.apply(v, x)), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    bf = Wrap(lcfg, jnp.bfloat16)
+    v16 = {"params": jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), v["params"]), "lora": v["lora"]}
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda v, x: bf.apply(v, x))(v16, x))

@@ -14,6 +14,32 @@ from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model.config import ModelConfig
 
 
+@jax.custom_vjp
+def lora_matmul(x: Float[Array, "N Din"], w: Float[Array, "Din Dout"], a: Float[Array, "Din R"],
+                b: Float[Array, "R Dout"]) -> Float[Array, "N Dout"]:
+    """``x W + (x A) B`` (``B`` already scaled) as ONE GEMM over the merged kernel ``W + A B``,
+    forward and backward: the input gradient is ``g (W + A B)^T``, the adapter gradients are
+    ``dA = x^T (g B^T)`` and ``dB = (x A)^T g``; the merged kernel is rebuilt in the backward pass
+    (no weight-sized residual) and the frozen kernel's own gradient ``x^T g`` is dead code under
+    jit unless asked for. Pays ``Din * Dout * R`` FLOPs per call to skip four skinny ``[N, R]``
+    GEMM passes over the activations: worth it when ``N`` is large (training, scoring), not for
+    one decode token (:class:`Dense` decides)."""
+    return x @ (w + a @ b)
+
+
+def _lora_matmul_fwd(x, w, a, b):
+    return x @ (w + a @ b), (x, w, a, b)
+
+
+def _lora_matmul_bwd(res, g):
+    x, w, a, b = res
+    gt = g @ b.T
+    return g @ (w + a @ b).T, x.T @ g, x.T @ gt, (x @ a).T @ g
+
+
+lora_matmul.defvjp(_lora_matmul_fwd, _lora_matmul_bwd)
+
+
 class Dense(nn.Module):
     """``y = x W (+ b)`` with kernel ``[Din, Dout]``; when ``lora`` targets this layer's path and
     the ``"lora"`` collection is present, adds ``(alpha/R) * dropout(x) A B``."""
@@ -32,28 +58,37 @@ class Dense(nn.Module):
         # transposed copies of the activation gradients (measured 1.5-2x slower steps).
         x = x.reshape(-1, d_in)
         kernel = self.param("kernel", nn.initializers.normal(self.init_std), (d_in, self.features),
-                            self.dtype)
-        y = x @ kernel.astype(self.dtype)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
+                            self.dtype).astype(self.dtype)
         path = "/".join(self.scope.path)
         if self.lora is not None and self.lora.matches(path) and (
                 self.is_initializing() or self.has_variable("lora", "a")):
-            cfg = self.lora
-            a = self.variable("lora", "a", lambda: cfg.init_a(self.make_rng("params"), (d_in, cfg.rank))).value
-            b = self.variable("lora", "b", lambda: jnp.zeros((cfg.rank, self.features), jnp.float32)).value
-            h = x
-            if cfg.dropout > 0.0:
-                h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-            if a.ndim == 3:  # stacked adapters (lora.stack_adapters): row group g uses a[g], b[g]
-                if h.shape[0] % a.shape[0]:
-                    raise ValueError(f"{path}: {h.shape[0]} rows do not split into {a.shape[0]} adapter groups")
-                hg = h.astype(jnp.float32).reshape(a.shape[0], -1, d_in)
-                delta = jnp.einsum("gnr,gro->gno", jnp.einsum("gni,gir->gnr", hg, a), b).reshape(-1, self.features)
-            else:
-                delta = (h.astype(jnp.float32) @ a) @ b  # [N, R] first: never the [Din, Dout] product
-            y = y + (cfg.scale * delta).astype(y.dtype)
+            y = self._adapted(x, kernel, path, deterministic)
+        else:
+            y = x @ kernel
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
         return y.reshape(*lead, self.features)
+
+    def _adapted(self, x, kernel, path, deterministic):
+        cfg, d_in = self.lora, x.shape[-1]
+        a = self.variable("lora", "a", lambda: cfg.init_a(self.make_rng("params"), (d_in, cfg.rank))).value
+        b = self.variable("lora", "b", lambda: jnp.zeros((cfg.rank, self.features), jnp.float32)).value
+        dropout = cfg.dropout > 0.0 and not deterministic
+        if a.ndim == 3:  # stacked adapters (lora.stack_adapters): row group g uses a[g], b[g]
+            if x.shape[0] % a.shape[0]:
+                raise ValueError(f"{path}: {x.shape[0]} rows do not split into {a.shape[0]} adapter groups")
+            h = nn.Dropout(cfg.dropout)(x, deterministic=not dropout) if dropout else x
+            hg = h.astype(jnp.float32).reshape(a.shape[0], -1, d_in)
+            delta = jnp.einsum("gnr,gro->gno", jnp.einsum("gni,gir->gnr", hg, a) * cfg.scale, b)
+            return x @ kernel + delta.reshape(-1, self.features).astype(kernel.dtype)
+        if (not dropout and kernel.dtype == jnp.float32
+                and x.shape[0] * (d_in + self.features) > d_in * self.features):
+            # many rows, float32 kernel: one GEMM over the merged kernel (see lora_matmul)
+            return lora_matmul(x.astype(jnp.float32), kernel, a, b * cfg.scale)
+        h = nn.Dropout(cfg.dropout)(x, deterministic=False) if dropout else x
+        # [N, R] first: never the [Din, Dout] product; the scale on the small [N, R] side
+        delta = ((h.astype(jnp.float32) @ a) * cfg.scale) @ b
+        return x @ kernel + delta.astype(kernel.dtype)
 
 
 class RMSNorm(nn.Module):

@@ -28,7 +28,7 @@ from rlhf_jax.lora import LoraConfig, init_lora, merge_lora
 from rlhf_jax.losses import (KLControllerState, adaptive_kl_controller, entropy_from_logits, exact_kl_from_logits,
                              fixed_kl_controller, gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss,
                              ppo_value_loss, token_logprobs)
-from rlhf_jax.model import ModelConfig, Transformer, init_head, value_head
+from rlhf_jax.model import ModelConfig, Transformer, init_head, lm_logits, value_head
 from rlhf_jax.rollout import Rollout, Sampler, SamplingConfig, decode_responses, left_pad
 from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
 from rlhf_jax.train.reward_fn import ModelReward, TextReward
@@ -164,7 +164,9 @@ def _forwards(model_config: ModelConfig, config: PPOConfig, critic_lora: LoraCon
     critic = Transformer(model_config, lora=critic_lora)
 
     def logits_of(variables, tokens, mask, p, n):
-        return _response_slice(policy.apply(variables, tokens, attention_mask=mask).logits, p, n)
+        # the LM head on the response positions only (the prompt's logits are never used)
+        hidden = policy.apply(variables, tokens, attention_mask=mask, return_hidden=True, compute_logits=False).hidden
+        return lm_logits(model_config, variables["params"], _response_slice(hidden, p, n))
 
     def policy_logits(base, params, tokens, mask, p, n):
         return logits_of(policy_variables(base, params, config.policy_lora), tokens, mask, p, n)
