@@ -81,11 +81,16 @@ def guarded_update(params: PyTree, opt_state: PyTree, grads: PyTree, loss: jax.A
     loss or any gradient is not finite. Returns ``(params, opt_state, skipped)`` with
     ``skipped`` an int32 0/1."""
     ok = all_finite(loss, grads)
-    safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(ok, g, 0.0), grads)
-    updates, new_opt = optimizer.update(safe_grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-    return pick(new_params, params), pick(new_opt, opt_state), (~ok).astype(jnp.int32)
+
+    def apply(operands):
+        p, o, g = operands
+        updates, new_opt = optimizer.update(g, o, p)
+        return optax.apply_updates(p, updates), new_opt
+
+    # a branch, not a select: the update runs only when it is kept, and no second copy of the
+    # parameters and optimizer state is built to choose from (full fine-tuning: 3 model copies)
+    new_params, new_opt = jax.lax.cond(ok, apply, lambda operands: operands[:2], (params, opt_state, grads))
+    return new_params, new_opt, (~ok).astype(jnp.int32)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> "np.ndarray":
