@@ -67,3 +67,11 @@ def test_bench_gpu_mode_runs_on_cpu_when_tiny(world_dir, capsys):
     _load("bench_sft").main(["--gpu", "--tiny", "--world-dir", world_dir])
     text = capsys.readouterr().out
     assert "bfloat16, full fine-tuning" in text and "MFU" in text
+
+
+def test_profile_steps_tiny(capsys):
+    out = _load("profile_steps").main(["--tiny"])
+    text = capsys.readouterr().out
+    assert [r[0] for r in out["ppo"]] == ["PPO lora", "PPO full"]
+    assert [r[0] for r in out["train"]] == ["SFT full", "SFT lora", "reward full", "reward lora"]
+    assert "| PPO lora |" in text and "host->device" in text
