@@ -43,9 +43,10 @@ def parse_args():
     p.add_argument("--ours-only", action="store_true", help="skip transformers (profiling runs)")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch intra-op threads (default: every core, as XLA's CPU client)")
-    p.add_argument("--omp-wait-policy", default="PASSIVE",
-                   help="OMP_WAIT_POLICY for torch (default PASSIVE: on a shared machine torch's "
-                        "spin-waiting OpenMP threads otherwise slow it down up to 20x)")
+    p.add_argument("--omp-wait-policy", default="default", choices=["default", "PASSIVE", "ACTIVE"],
+                   help="OMP_WAIT_POLICY for torch; 'default' leaves it unset (torch out of the box, its best "
+                        "on an idle machine, as the trainer benchmarks do); PASSIVE is steadier on a busy "
+                        "machine but handicaps torch (~1.5x when idle)")
     return p.parse_args()
 
 
@@ -84,7 +85,10 @@ def build_checkpoint(folder: str, width: int, layers: int, vocab: int):
 
 def main():
     args = parse_args()
-    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # read when torch starts its thread pool
+    if args.omp_wait_policy == "default":  # read when torch starts its thread pool
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import jax
     import jax.numpy as jnp
     import torch
@@ -101,7 +105,7 @@ def main():
     repeats = 2 if args.quick else args.repeats
     P, N = args.prompt, args.new
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={args.omp_wait_policy}, cores={os.cpu_count()}, load average at start "
+          f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, cores={os.cpu_count()}, load average at start "
           f"{os.getloadavg()[0]:.1f}; vocab {args.vocab}, prompt {P}, new tokens {N}, "
           f"repeats {repeats}", flush=True)
     rates = matmul_rate(jax, jnp)
