@@ -339,6 +339,25 @@ class TrimmedSteps:
         return float(np.mean(self.widths[start:] or self.widths))
 
 
+class TrimmedStepRunner:
+    """Runs a jitted ``step_fn(state, rows, extra)`` on the rows of :class:`TrimmedSteps`;
+    ``runner(i)`` is step ``i``'s wall time (step 0 also compiles every later width). Subclasses
+    set ``state``, ``step_fn``, ``extra`` (the frozen base or ``None``) and ``batches``."""
+
+    def run(self, rows) -> None:
+        import jax
+
+        self.state, m = self.step_fn(self.state, rows, self.extra)
+        jax.block_until_ready((self.state, m))
+
+    def __call__(self, i: int) -> float:
+        t0 = time.perf_counter()
+        if i == 0:  # compile every batch width now, not in a measured step
+            self.batches.warm(self.run)
+        self.run(self.batches.device_rows(i))
+        return time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------------------------
 # output
 

@@ -41,7 +41,6 @@ import gc
 import os
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def setup_of(args) -> Setup:
     return s
 
 
-class OursReward:
+class OursReward(bc.TrimmedStepRunner):
     """Our reward step on fixed pair arrays: full fine-tuning (``lora=None``: the trainable tree
     is a copy of the base + the score head) or a LoRA adapter + head over the frozen base, jitted
     once (``rlhf_jax.sharding.jit_step``, state donated) as ``train_reward_model`` does."""
@@ -108,20 +107,8 @@ class OursReward:
         step, _ = make_reward_step(cfg, lora, opt, rc)
         self.state = init_state(params, opt, seed)
         self.step_fn = jit_step(step, None, self.state)
+        self.extra = self.shared
         self.batches = bc.TrimmedSteps(arrays, batch=batch, seed=seed, steps=steps)
-
-    def run(self, rows) -> None:
-        import jax
-
-        self.state, m = self.step_fn(self.state, rows, self.shared)
-        jax.block_until_ready((self.state, m))
-
-    def __call__(self, i: int) -> float:
-        t0 = time.perf_counter()
-        if i == 0:  # compile every batch width now, not in a measured step
-            self.batches.warm(self.run)
-        self.run(self.batches.device_rows(i))
-        return time.perf_counter() - t0
 
 
 def pair_arrays(world, s: Setup) -> dict:

@@ -40,7 +40,6 @@ import gc
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +78,7 @@ def setup_of(args) -> Setup:
     return s
 
 
-class OursSFT:
+class OursSFT(bc.TrimmedStepRunner):
     """Our SFT step on a fixed data set: full fine-tuning (``lora=None``) or a LoRA adapter over
     the frozen base, jitted once (``rlhf_jax.sharding.jit_step``, state donated) as ``train_sft``
     does; each step takes its rows with ``batch_indices`` and copies them to the device."""
@@ -101,20 +100,8 @@ class OursSFT:
         step, _ = make_sft_step(model, opt)
         self.state = init_state(trainable, opt, seed)
         self.step_fn = jit_step(step, None, self.state)
+        self.extra = self.base
         self.batches = bc.TrimmedSteps(data, batch=batch, seed=seed, steps=steps)
-
-    def run(self, rows) -> None:
-        import jax
-
-        self.state, m = self.step_fn(self.state, rows, self.base)
-        jax.block_until_ready((self.state, m))
-
-    def __call__(self, i: int) -> float:
-        t0 = time.perf_counter()
-        if i == 0:  # compile every batch width now, not in a measured step
-            self.batches.warm(self.run)
-        self.run(self.batches.device_rows(i))
-        return time.perf_counter() - t0
 
 
 def make_trl(ckpt, tok, data, s: Setup, total_steps: int, out_dir: str, callbacks=()):
