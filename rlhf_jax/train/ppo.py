@@ -418,10 +418,7 @@ class PPOTrainer:
     def train(self, *, callback: Callable[[int, dict], None] | None = None) -> PPOResult:
         cfg = self.config
         ckpt = Checkpoints(cfg.run)
-        restored = ckpt.restore(self.state)
-        start = 0
-        if restored is not None:
-            self.state, start = restored
+        self.state, start = ckpt.resume(self.state)
         logger = MetricsLogger(cfg.run, name="ppo", keys=("score", "kl", "beta"), total=cfg.run.max_steps, initial=start)
         reason = "max_steps"
         for step in range(start, cfg.run.max_steps):

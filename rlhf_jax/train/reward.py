@@ -162,10 +162,7 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: S
     state = shard_params(init_state(params, optimizer, config.run.seed), mesh)
     step_fn, eval_fn = jit_step(step_fn, mesh, state), jax.jit(eval_fn)
     ckpt = Checkpoints(config.run)
-    restored = ckpt.restore(state)
-    start = 0
-    if restored is not None:
-        state, start = restored
+    state, start = ckpt.resume(state)
     logger = MetricsLogger(config.run, name="reward", keys=("loss", "accuracy"), total=config.run.max_steps,
                            initial=start)
 

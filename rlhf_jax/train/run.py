@@ -165,6 +165,11 @@ class Checkpoints:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
 
+    def resume(self, template: Any) -> tuple[Any, int]:
+        """``(state, first step)``: the latest checkpoint's state and step, or ``(template, 0)``."""
+        restored = self.restore(template)
+        return (template, 0) if restored is None else restored
+
     def close(self):
         if self.manager is not None:
             self.manager.close()

@@ -151,10 +151,7 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
     eval_fn = jax.jit(eval_fn)
 
     ckpt = Checkpoints(config.run)
-    restored = ckpt.restore(state)
-    start = 0
-    if restored is not None:
-        state, start = restored
+    state, start = ckpt.resume(state)
     logger = MetricsLogger(config.run, name="sft", keys=("loss", "eval_loss"), total=config.run.max_steps,
                            initial=start)
 
