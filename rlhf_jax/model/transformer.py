@@ -38,6 +38,17 @@ def positions_from_mask(attention_mask: Int[Array, "B T"], offset: Int[Array, "B
     return jnp.maximum(pos, 0) + jnp.asarray(offset, jnp.int32)[..., None]
 
 
+def positions_from_segments(segment_ids: Int[Array, "B T"]) -> Int[Array, "B T"]:
+    """Position of each token inside its packed segment: 0 at the first token of every run of
+    equal segment ids (packing concatenates examples into one row; each restarts at 0)."""
+    t = segment_ids.shape[-1]
+    idx = jnp.arange(t, dtype=jnp.int32)
+    start = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+                            axis=-1)
+    first = jax.lax.cummax(jnp.where(start, idx[None, :], 0), axis=1)
+    return idx[None, :] - first
+
+
 def attend(q: Float[Array, "B T N H"], k: Float[Array, "B K S H"], v: Float[Array, "B K S H"],
            visible: Bool[Array, "B T S"]) -> Float[Array, "B T N H"]:
     """Grouped-query scaled dot-product attention; softmax in float32. Keys and values are laid
@@ -142,13 +153,20 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Int[Array, "B T"], *, positions: Int[Array, "B T"] | None = None,
-                 attention_mask: Int[Array, "B T"] | None = None, cache: KVCache | None = None,
+                 attention_mask: Int[Array, "B T"] | None = None, segment_ids: Int[Array, "B T"] | None = None,
+                 cache: KVCache | None = None,
                  return_hidden: bool = False, compute_logits: bool = True,
                  deterministic: bool = True) -> ModelOutput:
         """Args:
           tokens: token ids ``[B, T]`` (left padding allowed).
           positions: ``[B, T]``; default: counted from ``attention_mask`` (and the cache).
-          attention_mask: ``[B, T]``, 1 for real tokens; default all ones.
+          attention_mask: ``[B, T]``, 1 for real tokens; default all ones (with ``segment_ids``:
+            ``segment_ids > 0``).
+          segment_ids: ``[B, T]`` packed rows: several examples concatenated in one row, segment
+            ``s > 0`` per example, 0 for padding. A token attends only to earlier tokens of its
+            own segment (block-diagonal causal mask) and positions restart at 0 in each segment
+            (:func:`positions_from_segments`), so a packed row computes exactly what the examples
+            would alone. Not with a ``cache``.
           cache: a :class:`KVCache`; the ``T`` new tokens are written at ``cache.index`` and attend
             to every real token before them. ``None``: plain causal forward pass.
           return_hidden: also return the final hidden states ``[B, T, D]``.
@@ -158,8 +176,11 @@ class Transformer(nn.Module):
         c = self.config
         dt = c.jnp_dtype
         b, t = tokens.shape
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) are for training passes, not with a KV cache")
         if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
+            attention_mask = (jnp.ones((b, t), jnp.int32) if segment_ids is None
+                              else (segment_ids > 0).astype(jnp.int32))
         attention_mask = attention_mask.astype(jnp.int32)
         if cache is None:
             offset = 0
@@ -174,8 +195,11 @@ class Transformer(nn.Module):
             q_slot = write_index + jnp.arange(t)
             k_slot = jnp.arange(cache.max_length)
         if positions is None:
-            positions = positions_from_mask(attention_mask, offset)
+            positions = (positions_from_mask(attention_mask, offset) if segment_ids is None
+                         else positions_from_segments(segment_ids))
         visible = (k_slot[None, None, :] <= q_slot[None, :, None]) & (key_mask[:, None, :] > 0)
+        if segment_ids is not None:
+            visible = visible & (segment_ids[:, :, None] == segment_ids[:, None, :])
 
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=dt,
                          embedding_init=nn.initializers.normal(0.02), name="embed")
