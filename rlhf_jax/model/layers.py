@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, Int
 
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model.config import ModelConfig
+from rlhf_jax.model.quant import is_quantized, quantized_matmul
 
 
 @jax.custom_vjp
@@ -41,38 +42,55 @@ lora_matmul.defvjp(_lora_matmul_fwd, _lora_matmul_bwd)
 
 
 class Dense(nn.Module):
-    """``y = x W (+ b)`` with kernel ``[Din, Dout]``; when ``lora`` targets this layer's path and
-    the ``"lora"`` collection is present, adds ``(alpha/R) * dropout(x) A B``."""
+    """``y = x W (+ b)`` with kernel ``[Din, Dout]`` (inside the layer scan: one layer's slice of the
+    stacked ``[L, Din, Dout]``); when ``lora`` selects this layer and the ``"lora"`` collection is
+    present, adds ``(alpha/R) * dropout(x) A B``. A quantised kernel (:mod:`rlhf_jax.model.quant`)
+    is dequantised inside the matmul."""
 
     features: int
     use_bias: bool = False
     dtype: jnp.dtype = jnp.float32
+    """Compute dtype (activations, the kernel as used)."""
+    param_dtype: jnp.dtype = jnp.float32
+    """dtype of the parameters ``init`` creates."""
     lora: LoraConfig | None = None
+    num_layers: int = 1
+    """Length of the stacked layer axis (for LoRA's per-layer targets)."""
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, x: Float[Array, "... Din"], deterministic: bool = True) -> Float[Array, "... Dout"]:
+    def __call__(self, x: Float[Array, "... Din"], layer: Int[Array, ""] | int = 0,
+                 deterministic: bool = True) -> Float[Array, "... Dout"]:
         d_in = x.shape[-1]
         lead = x.shape[:-1]
         # One 2-D GEMM over all rows: on XLA:CPU the backward of a [B, T, D] einsum materialises
         # transposed copies of the activation gradients (measured 1.5-2x slower steps).
-        x = x.reshape(-1, d_in)
-        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (d_in, self.features),
-                            self.dtype).astype(self.dtype)
-        path = "/".join(self.scope.path)
-        if self.lora is not None and self.lora.matches(path) and (
-                self.is_initializing() or self.has_variable("lora", "a")):
-            y = self._adapted(x, kernel, path, deterministic)
+        x = x.reshape(-1, d_in).astype(self.dtype)
+        stored = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
+        if is_quantized(stored):
+            kernel = None
         else:
-            y = x @ kernel
+            kernel = self.param("kernel", nn.initializers.normal(self.init_std), (d_in, self.features),
+                                self.param_dtype).astype(self.dtype)
+        path = "/".join(self.scope.path)
+        selected = () if self.lora is None else self.lora.layer_selection(path, self.num_layers)
+        if any(selected) and (self.is_initializing() or self.has_variable("lora", "a")):
+            y = self._adapted(x, kernel, stored, path, selected, layer, deterministic)
+        else:
+            y = x @ kernel if kernel is not None else quantized_matmul(x, stored)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
         return y.reshape(*lead, self.features)
 
-    def _adapted(self, x, kernel, path, deterministic):
+    def _adapted(self, x, kernel, stored, path, selected, layer, deterministic):
         cfg, d_in = self.lora, x.shape[-1]
-        a = self.variable("lora", "a", lambda: cfg.init_a(self.make_rng("params"), (d_in, cfg.rank))).value
+        keep = None if all(selected) else jnp.asarray(selected, jnp.float32)[layer]
+        a = self.variable("lora", "a", lambda: cfg.init_a(self.make_rng("params"), (d_in, cfg.rank))
+                          * (1.0 if keep is None else keep)).value
         b = self.variable("lora", "b", lambda: jnp.zeros((cfg.rank, self.features), jnp.float32)).value
+        if keep is not None:  # a layer the targets do not select keeps no update and gets no gradient
+            a = a * keep
+        base = (lambda: x @ kernel) if kernel is not None else (lambda: quantized_matmul(x, stored))
         dropout = cfg.dropout > 0.0 and not deterministic
         if a.ndim == 3:  # stacked adapters (lora.stack_adapters): row group g uses a[g], b[g]
             if x.shape[0] % a.shape[0]:
@@ -80,15 +98,15 @@ class Dense(nn.Module):
             h = nn.Dropout(cfg.dropout)(x, deterministic=not dropout) if dropout else x
             hg = h.astype(jnp.float32).reshape(a.shape[0], -1, d_in)
             delta = jnp.einsum("gnr,gro->gno", jnp.einsum("gni,gir->gnr", hg, a) * cfg.scale, b)
-            return x @ kernel + delta.reshape(-1, self.features).astype(kernel.dtype)
-        if (not dropout and kernel.dtype == jnp.float32
+            return base() + delta.reshape(-1, self.features).astype(x.dtype)
+        if (not dropout and kernel is not None and kernel.dtype == jnp.float32
                 and x.shape[0] * (d_in + self.features) > d_in * self.features):
             # many rows, float32 kernel: one GEMM over the merged kernel (see lora_matmul)
-            return lora_matmul(x.astype(jnp.float32), kernel, a, b * cfg.scale)
+            return lora_matmul(x, kernel, a, b * cfg.scale)
         h = nn.Dropout(cfg.dropout)(x, deterministic=False) if dropout else x
         # [N, R] first: never the [Din, Dout] product; the scale on the small [N, R] side
         delta = ((h.astype(jnp.float32) @ a) * cfg.scale) @ b
-        return x @ kernel + delta.astype(kernel.dtype)
+        return base() + delta.astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -96,10 +114,11 @@ class RMSNorm(nn.Module):
 
     eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return y.astype(self.dtype) * scale.astype(self.dtype)
@@ -110,12 +129,13 @@ class LayerNorm(nn.Module):
 
     eps: float = 1e-5
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (d,), self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (d,), self.dtype)
+        scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
