@@ -93,8 +93,8 @@ def test_one_base_copy_with_ingraph_reward_and_critic_from_reward():
     live_before = {id(x) for x in jax.live_arrays()}
     trainer = PPOTrainer(cfg, base, tok, tiny_prompts(32), reward, config)
     # the critic starts as the reward model: same adapter, head folded with the normalisation
-    np.testing.assert_array_equal(np.asarray(trainer.state.params["critic"]["lora"]["layers_0"]["attn"]["q_proj"]["b"]),
-                                  np.asarray(rm_lora["layers_0"]["attn"]["q_proj"]["b"]))
+    np.testing.assert_array_equal(np.asarray(trainer.state.params["critic"]["lora"]["layers"]["attn"]["q_proj"]["b"]),
+                                  np.asarray(rm_lora["layers"]["attn"]["q_proj"]["b"]))
     np.testing.assert_allclose(np.asarray(trainer.state.params["critic"]["head"]["bias"]), 2.0 * 0.0 + 0.5)
     res = trainer.train()
     assert res.history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # exact full-vocabulary KL at step 0

@@ -113,7 +113,7 @@ def test_full_critic_starts_from_the_merged_reward_adapter():
     assert full.critic_lora is None and lora.critic_lora == rm.lora  # None stays full despite critic_init="reward"
     merged = merge_lora(base, rm.params["lora"], scale=rm.lora.scale)
     crit = to_np(full.state.params["critic"])
-    q = lambda tree: tree["layers_0"]["attn"]["q_proj"]["kernel"]
+    q = lambda tree: tree["layers"]["attn"]["q_proj"]["kernel"]
     np.testing.assert_array_equal(q(crit["params"]), np.asarray(q(merged)))
     assert np.any(q(crit["params"]) != q(before))  # the adapter really is in there
     jax.tree_util.tree_map(np.testing.assert_array_equal, crit["params"], to_np(merged))
@@ -137,10 +137,10 @@ def test_full_state_shards_by_path_on_a_one_device_mesh():
     mesh = MeshConfig(data=1)
     trainer = PPOTrainer(cfg, tiny_base(cfg), tok, tiny_prompts(32), TARGET, _config(1, mesh=mesh))
     for state in (trainer.state, shard_params(trainer.init_state(), make_mesh(mesh))):
-        q = state.params["policy"]["layers_0"]["attn"]["q_proj"]["kernel"]
-        assert tuple(q.sharding.spec) == ("fsdp", "tensor")  # the base's rule, found by path
-        mu = state.opt_state[1][0].mu["critic"]["params"]["layers_0"]["mlp"]["down_proj"]["kernel"]
-        assert tuple(mu.sharding.spec) == ("tensor", "fsdp")
+        q = state.params["policy"]["layers"]["attn"]["q_proj"]["kernel"]
+        assert tuple(q.sharding.spec) == (None, "fsdp", "tensor")  # the base's rule, found by path; [L, Din, Dout]
+        mu = state.opt_state[1][0].mu["critic"]["params"]["layers"]["mlp"]["down_proj"]["kernel"]
+        assert tuple(mu.sharding.spec) == (None, "tensor", "fsdp")
     # (a step on this mesh runs in the CLI test below: --mesh data=1)
 
 
