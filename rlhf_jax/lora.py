@@ -169,6 +169,9 @@ def merge_lora(base: PyTree, lora: PyTree, *, scale: float) -> PyTree:
         if kpath not in flat_base:
             raise KeyError(f"merge_lora: adapter layer {'/'.join(layer)} has no base kernel")
         w = flat_base[kpath]
+        if hasattr(w, "dequantize"):
+            raise ValueError(f"merge_lora: the base kernel {'/'.join(kpath)} is quantised; merge into a float base "
+                             "(rlhf_jax.model.dequantize_base(base, dtype)), or keep the adapter separate")
         a, b = flat_lora[layer + ("a",)], flat_lora[layer + ("b",)]
         if a.shape[:-1] != w.shape[:-1] or b.shape[-1] != w.shape[-1] or a.shape[-1] != b.shape[-2]:
             raise ValueError(
