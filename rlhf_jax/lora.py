@@ -85,12 +85,14 @@ class LoraConfig:
         return tuple(self.matches(f"{LAYERS}_{i}/{rest}") for i in range(num_layers))
 
     def init_a(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        """``A [..., Din, R]`` (leading axes: the layer axis)."""
+        """``A [..., Din, R]`` (leading axes: the layer axis). Drawn flat and reshaped (XLA:CPU
+        compiles the random-bits kernel of a 1-D shape several times faster)."""
         d_in, rank = shape[-2:]
+        n = int(np.prod(shape))
         if self.init == "kaiming":
             bound = float(np.sqrt(3.0 / d_in))
-            return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-        return jax.random.normal(key, shape, jnp.float32) / rank
+            return jax.random.uniform(key, (n,), jnp.float32, -bound, bound).reshape(shape)
+        return (jax.random.normal(key, (n,), jnp.float32) / rank).reshape(shape)
 
 
 def init_lora(model, key: jax.Array, *, example_tokens: jax.Array | None = None) -> PyTree:

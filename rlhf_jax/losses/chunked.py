@@ -35,6 +35,10 @@ DEFAULT_CHUNK = 128
 
 
 def _logits(hidden: Float[Array, "B C D"], weight: Array, tied: bool) -> Float[Array, "B C V"]:
+    # Tie the head to this chunk (a no-op for the values) so that XLA cannot hoist a conversion or
+    # a transposed copy of the whole [V, D] head out of the chunk loop: XLA:CPU computes bfloat16
+    # matmuls in float32 and would otherwise keep a float32 copy of the head for the whole loop.
+    weight, hidden = jax.lax.optimization_barrier((weight, hidden))
     w = weight.astype(hidden.dtype)
     return jnp.einsum("BCD,VD->BCV" if tied else "BCD,DV->BCV", hidden, w, preferred_element_type=jnp.float32)
 

@@ -32,6 +32,8 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Float
 
+from rlhf_jax.model.stacked import _slice
+
 PyTree = Any
 KINDS = ("int8", "nf4")
 NF4_BLOCK = 64
@@ -113,20 +115,26 @@ def is_quantized(x: Any) -> bool:
     return isinstance(x, (Int8Kernel, NF4Kernel))
 
 
+def _layer_of(kernel: QuantizedKernel, layer) -> QuantizedKernel:
+    return jax.tree_util.tree_map(lambda x: _slice(x, layer), kernel)
+
+
 @jax.custom_vjp
-def quantized_matmul(x: Float[Array, "N Din"], kernel: QuantizedKernel) -> Float[Array, "N Dout"]:
-    """``x W`` with ``W`` the dequantised ``kernel``, in ``x``'s dtype. The kernel is frozen: its
-    cotangent is zero, and the backward pass ``dx = g W^T`` dequantises again (the residual is the
-    quantised kernel itself, never a float copy)."""
-    return kernel.matmul(x)
+def quantized_matmul(x: Float[Array, "N Din"], kernel: QuantizedKernel, layer=None) -> Float[Array, "N Dout"]:
+    """``x W`` with ``W`` the dequantised ``kernel`` (layer ``layer`` of a stacked one; ``None``:
+    not stacked), in ``x``'s dtype. The kernel is frozen: its cotangent is zero, and the backward
+    pass ``dx = g W^T`` slices and dequantises again (the residual is the quantised stack itself,
+    never a float copy)."""
+    return _layer_of(kernel, layer).matmul(x)
 
 
-def _qmm_fwd(x, kernel):
-    return kernel.matmul(x), kernel
+def _qmm_fwd(x, kernel, layer):
+    return _layer_of(kernel, layer).matmul(x), (kernel, layer)
 
 
-def _qmm_bwd(kernel, g):
-    return kernel.matmul_t(g), None
+def _qmm_bwd(res, g):
+    kernel, layer = res
+    return _layer_of(kernel, layer).matmul_t(g), None, None
 
 
 quantized_matmul.defvjp(_qmm_fwd, _qmm_bwd)

@@ -25,6 +25,7 @@ from rlhf_jax.model.attention import AttentionMask, attend
 from rlhf_jax.model.cache import KVCache
 from rlhf_jax.model.config import ModelConfig
 from rlhf_jax.model.layers import Dense, LayerNorm, RMSNorm, activation, apply_rope, rope_frequencies
+from rlhf_jax.model.stacked import _slice
 
 
 class ModelOutput(NamedTuple):
@@ -91,8 +92,7 @@ class Attention(nn.Module):
             keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at)
             values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), at)
             kv = (keys, values)
-            k = jax.lax.dynamic_index_in_dim(keys, layer, keepdims=False).astype(dt)
-            v = jax.lax.dynamic_index_in_dim(values, layer, keepdims=False).astype(dt)
+            k, v = _slice(keys, layer).astype(dt), _slice(values, layer).astype(dt)
         out = attend(q, k, v, mask, implementation=c.attention, chunk=c.attention_chunk).reshape(b, t, n * h)
         if c.arch == "gpt2":
             out = dense(c.hidden_size, True, "c_proj")(out, layer, det)
@@ -124,9 +124,10 @@ class MLP(nn.Module):
         return dense(c.hidden_size, c.mlp_bias, "down_proj")(act(gate) * up, layer, det)
 
 
-def _norm(config: ModelConfig, name: str):
+def _norm(config: ModelConfig, name: str, stacked: bool = True):
     cls = LayerNorm if config.arch == "gpt2" else RMSNorm
-    return cls(eps=config.norm_eps, dtype=config.compute_jnp_dtype, param_dtype=config.jnp_dtype, name=name)
+    return cls(eps=config.norm_eps, dtype=config.compute_jnp_dtype, param_dtype=config.jnp_dtype,
+               num_layers=config.num_layers if stacked else None, name=name)
 
 
 class Block(nn.Module):
@@ -141,21 +142,23 @@ class Block(nn.Module):
     def __call__(self, carry, layer, positions, mask, write_index):
         x, kv = carry
         attn_out, kv = Attention(self.config, self.lora, self.deterministic, name="attn")(
-            _norm(self.config, "attn_norm")(x), layer, positions, mask, kv, write_index)
+            _norm(self.config, "attn_norm")(x, layer), layer, positions, mask, kv, write_index)
         x = x + attn_out
-        x = x + MLP(self.config, self.lora, self.deterministic, name="mlp")(_norm(self.config, "mlp_norm")(x), layer)
+        x = x + MLP(self.config, self.lora, self.deterministic, name="mlp")(_norm(self.config, "mlp_norm")(x, layer),
+                                                                          layer)
         return (x, kv), None
 
 
 def _layer_stack(config: ModelConfig, lora: LoraConfig | None, deterministic: bool):
     """The blocks as one module named ``layers`` (see :data:`rlhf_jax.lora.LAYERS`): ``nn.scan`` over
-    parameters and adapters stacked on a leading layer axis, each block under ``nn.remat`` when
-    ``config.remat`` asks; ``scan_layers=False`` unrolls the same scan."""
+    the layer index, with the parameters and adapters stacked on a leading layer axis and passed to
+    every step whole (each layer slices its own rows, :mod:`rlhf_jax.model.stacked`); each block
+    under ``nn.remat`` when ``config.remat`` asks; ``scan_layers=False`` unrolls the same scan."""
     block = Block
     policy = config.remat_policy
     if policy is not None:
         block = nn.remat(Block, policy=policy, prevent_cse=not config.scan_layers)
-    scanned = nn.scan(block, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True, "dropout": True},
+    scanned = nn.scan(block, variable_broadcast=["params", "lora"], split_rngs={"params": False, "dropout": True},
                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=config.num_layers,
                       unroll=1 if config.scan_layers else True)
     return scanned(config, lora, deterministic, name=LAYERS)
@@ -227,7 +230,7 @@ class Transformer(nn.Module):
 
         (x, kv), _ = _layer_stack(c, self.lora, deterministic)((x, kv), jnp.arange(c.num_layers), positions, mask,
                                                                write_index)
-        hidden = _norm(c, "final_norm")(x)
+        hidden = _norm(c, "final_norm", stacked=False)(x)
 
         logits = None
         if compute_logits:
