@@ -334,7 +334,27 @@ def compile_row(row: Row) -> dict:
                aliased=ma.alias_size_in_bytes, trace_s=t1 - t0, compile_s=t2 - t1,
                base_bytes=tree_size(base)[1], state_bytes=tree_size(state)[1])
     out["peak"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]
+    if row.devices == 1:
+        est = estimate(row, cfg, lora_cfg)
+        out["estimate_update"], out["estimate_held"] = est.update, est.held
     return out
+
+
+def estimate(row: Row, cfg, lora_cfg):
+    """``rlhf_jax.sharding.memory_estimate`` for the same step (its ``update`` term is the update
+    step's temporaries)."""
+    from rlhf_jax.sharding import memory_estimate
+
+    base_cfg = cfg.replace(dtype="bfloat16", compute_dtype=None) if row.full else cfg
+    chunk = None if row.before else 128
+    if row.algo == "sft":
+        return memory_estimate(base_cfg, lora_cfg, row.batch, row.seq, trainable_adapters=1, frozen_adapters=0,
+                               chunk_size=chunk)
+    if row.algo == "reward":
+        return memory_estimate(base_cfg, lora_cfg, 2 * row.batch, row.seq, trainable_adapters=1, frozen_adapters=0,
+                               vocabulary=False)
+    return memory_estimate(base_cfg, lora_cfg, row.batch, row.seq, mini_batch=row.mini_batch, frozen_adapters=0,
+                           full=row.full, logit_positions=row.seq // 2, chunk_size=chunk)
 
 
 def check_target(res: dict) -> str:
@@ -351,10 +371,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     p.add_argument("--list", action="store_true", help="print the row names and exit")
+    p.add_argument("--estimates", action="store_true",
+                   help="print memory_estimate's figures for every one-device row (no compiling) and exit")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.list:
         print("\n".join(r.name for r in ROWS))
+        return
+    if args.estimates:
+        from rlhf_jax.lora import LoraConfig
+
+        for r in ROWS:
+            if r.devices == 1:
+                est = estimate(r, model_config(r.shape, before=r.before, full=r.full), LoraConfig(rank=16, alpha=32.0))
+                print(f"{r.name:22s} update {est.update / GiB:7.2f} GiB  held {est.held / GiB:6.2f} GiB")
         return
     if args.child:
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -367,8 +397,9 @@ def main():
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; --list shows them")
     results = []
-    print("| row | algo | shape | batch x seq | devices | arguments | temporaries | outputs | peak | compile s | target |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| row | algo | shape | batch x seq | devices | arguments | temporaries | outputs | peak | compile s | "
+          "memory_estimate (temp) | target |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name], capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
@@ -378,14 +409,19 @@ def main():
         res = json.loads(lines[-1][len(RESULT_TAG):])
         results.append(res)
         g = lambda k: f"{res[k] / GiB:.2f}"
+        est = "-"
+        if "estimate_update" in res:
+            est = f"{res['estimate_update'] / GiB:.2f} ({res['estimate_update'] / res['temporaries'] - 1:+.0%})"
         print(f"| {name} | {res['algo']}{' full' if res['full'] else ''} | {res['shape']} | {res['batch']} x "
               f"{res['seq']} | {res['devices']} | {g('arguments')} | {g('temporaries')} | {g('outputs')} | "
-              f"{g('peak')} | {res['compile_s']:.1f} | {check_target(res)} |", flush=True)
+              f"{g('peak')} | {res['compile_s']:.1f} | {est} | {check_target(res)} |", flush=True)
     by = {r["row"]: r for r in results}
     if "sft-7b" in by and "sft-0.5b" in by:
         ratio = by["sft-7b"]["compile_s"] / by["sft-0.5b"]["compile_s"]
         print(f"\ncompile time sft-7b / sft-0.5b = {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'MISSED'})")
-    print("\nGiB per device; peak = arguments + temporaries + outputs - donated (aliased) bytes.")
+    print("\nGiB per device; peak = arguments + temporaries + outputs - donated (aliased) bytes; "
+          "memory_estimate (temp): rlhf_jax.sharding.memory_estimate(...).update for the same step (one device) "
+          "and its difference from XLA's temporaries.")
 
 
 if __name__ == "__main__":
