@@ -22,19 +22,13 @@ from rlhf_jax.evaluate.report import CORPUS_METRICS, EvaluationReport
 from rlhf_jax.losses import kl_penalty, masked_sum
 from rlhf_jax.lora import LoraConfig, lora_config_of, model_variables
 from rlhf_jax.model import ModelConfig, Transformer
-from rlhf_jax.rollout import Sampler, SamplingConfig, encode_prompts, response_logprobs
+from rlhf_jax.rollout import SamplingConfig, cached_sampler, encode_prompts, response_logprobs
 from rlhf_jax.scoring import Completions, RewardModel, Scorer, as_scorer
 
 TextFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 """``(prompts, completions) -> one float per completion``."""
 
 BUILTIN_METRICS = ("reward", "toxicity", "kl", "length", *CORPUS_METRICS)
-
-
-@functools.lru_cache(maxsize=32)
-def _sampler(config: ModelConfig, lora: LoraConfig | None, sampling: SamplingConfig) -> Sampler:
-    # Cached so that evaluating again (e.g. every N training steps) reuses the compiled programs.
-    return Sampler(Transformer(config, lora=lora), sampling)
 
 
 @functools.lru_cache(maxsize=32)
@@ -177,7 +171,7 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
     for spec in models:
         t0 = time.perf_counter()
         sampling = _resolve_sampling(config.sampling, spec.config, tokenizer)
-        sampler = _sampler(spec.config, lora_config_of(spec.trainable), sampling)
+        sampler = cached_sampler(spec.config, lora_config_of(spec.trainable), sampling)
         pad_id = sampling.resolve(spec.config)[1]
         batch, truncated = encode_prompts(tokenizer, prompts, limit=limit, pad_id=pad_id,
                                           bucket=config.prompt_bucket, who="evaluate")

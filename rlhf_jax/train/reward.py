@@ -5,6 +5,7 @@ real token, trained on preference pairs (Bradley-Terry) or K-way rankings. The r
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -16,10 +17,10 @@ from rlhf_jax.lora import LoraConfig
 from rlhf_jax.losses import bradley_terry_loss, ranking_loss
 from rlhf_jax.model import ModelConfig, init_head
 from rlhf_jax.scoring import RewardModel, raw_scores
-from rlhf_jax.train.algorithm import Algorithm
+from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.batching import batch_indices, trim_padding
 from rlhf_jax.train.fit import FitContext, fit
-from rlhf_jax.train.optim import OptimConfig, guarded_update, make_optimizer
+from rlhf_jax.train.optim import OptimConfig, guarded_update
 from rlhf_jax.train.run import RunConfig
 from rlhf_jax.train.state import TrainState
 from rlhf_jax.train.trainable import init_trainable
@@ -125,6 +126,12 @@ def encode_preferences(tokenizer, data, config: RewardConfig) -> tuple[dict, Any
             "valid": batch.valid}, report
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_eval(model_config: ModelConfig, config: RewardConfig):
+    # one compilation per (model config, loss settings)
+    return jax.jit(lambda t, b, batch: reward_loss(model_config, config, t._replace(gain=1.0, bias=0.0), b, batch))
+
+
 def preference_rows(arrays: dict, idx, pad_multiple: int) -> dict:
     """Rows ``idx`` of host preference arrays, cut to their longest sequence."""
     return dict(trim_padding({k: v[idx] for k, v in arrays.items()}, multiple=pad_multiple))
@@ -148,9 +155,9 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: S
     if n - n_eval < config.batch_size:
         raise ValueError(f"reward: {n - n_eval} training items (after {report.skipped} skipped and {n_eval} held out) "
                          f"are fewer than batch_size {config.batch_size}; lower batch_size or add data")
-    algo = make_reward(model_config, make_optimizer(config.optim), config)
+    algo = cached_algorithm(make_reward, model_config, config)
     state = algo.init(jax.random.PRNGKey(config.run.seed), base)
-    eval_fn = jax.jit(lambda t, b, batch: reward_loss(model_config, config, t._replace(gain=1.0, bias=0.0), b, batch))
+    eval_fn = _jitted_eval(model_config, dataclasses.replace(config, run=RunConfig()))
 
     def batches(step: int, ctx: FitContext):
         idx = batch_indices(step, n - n_eval, config.batch_size, config.run.seed)

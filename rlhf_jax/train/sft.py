@@ -5,6 +5,7 @@ a LoRA adapter or full fine-tuning; :func:`train_sft` ends by handing back the b
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -16,10 +17,10 @@ from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
 from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
 from rlhf_jax.losses import masked_mean, token_logprobs
 from rlhf_jax.model import ModelConfig, Transformer
-from rlhf_jax.train.algorithm import Algorithm
+from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.batching import batch_indices, trim_padding
 from rlhf_jax.train.fit import FitContext, fit
-from rlhf_jax.train.optim import OptimConfig, guarded_update, make_optimizer
+from rlhf_jax.train.optim import OptimConfig, guarded_update
 from rlhf_jax.train.run import RunConfig
 from rlhf_jax.train.state import TrainState
 from rlhf_jax.train.trainable import init_trainable
@@ -148,6 +149,11 @@ def sft_eval_sums(model_config: ModelConfig, trainable, base, batch: SFTBatch):
     return jnp.sum(-logp * mask), jnp.sum(mask)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_eval(model_config: ModelConfig):
+    return jax.jit(functools.partial(sft_eval_sums, model_config))  # one compilation per model config
+
+
 def rows(data: SFTBatch, idx, pad_multiple: int = 0) -> SFTBatch:
     """The rows ``idx`` of host data, cut to their longest sequence (see :func:`trim_padding`)."""
     picked = SFTBatch(*(None if x is None else x[idx] for x in data))
@@ -175,9 +181,9 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
     if n_train < config.batch_size:
         raise ValueError(f"SFT: {n_train} training examples (after {report.skipped} skipped and {n_eval} held out) "
                          f"are fewer than batch_size {config.batch_size}; lower batch_size or add data")
-    algo = make_sft(model_config, make_optimizer(config.optim), config)
+    algo = cached_algorithm(make_sft, model_config, config)
     state = algo.init(jax.random.PRNGKey(config.run.seed), params)
-    eval_sums = jax.jit(lambda t, b, batch: sft_eval_sums(model_config, t, b, batch))
+    eval_sums = _jitted_eval(model_config)
 
     def batches(step: int, ctx: FitContext):
         idx = batch_indices(step, n_train, config.batch_size, config.run.seed)

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.lora import lora_config_of, model_variables
-from rlhf_jax.model import ModelConfig, Transformer
-from rlhf_jax.rollout import Rollout, Sampler, SamplingConfig, decode_responses, encode_prompts
+from rlhf_jax.model import ModelConfig
+from rlhf_jax.rollout import Rollout, SamplingConfig, cached_sampler, decode_responses, encode_prompts
 from rlhf_jax.scoring import Completions, Scorer, as_scorer, critic_from_reward
 from rlhf_jax.sharding import shard_batch
 from rlhf_jax.train.batching import batch_indices
 from rlhf_jax.train.fit import FitContext, fit
-from rlhf_jax.train.optim import make_optimizer
+from rlhf_jax.train.algorithm import cached_algorithm
 from rlhf_jax.train.ppo.algorithm import PPOState, make_ppo
 from rlhf_jax.train.ppo.config import PPOConfig
 from rlhf_jax.train.ppo.experience import PPOBatch
@@ -86,7 +86,7 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
     n = encoded.batch.tokens.shape[0]
     if n < config.batch_size:
         raise ValueError(f"ppo: {n} prompts are fewer than batch_size {config.batch_size}; lower batch_size")
-    algo = make_ppo(model_config, make_optimizer(config.optim), config)
+    algo = cached_algorithm(make_ppo, model_config, config)
     key = jax.random.PRNGKey(config.run.seed)
     critic = None
     if config.critic_init == "reward":
@@ -96,7 +96,7 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
                              "use critic_init='zero' with a reward function")
         critic = critic_from_reward(rm, base, full=config.critic_lora is None)
     state = algo.init(key, base, critic=critic)
-    sampler = Sampler(Transformer(model_config, lora=lora_config_of(state.params["policy"])), sampling)
+    sampler = cached_sampler(model_config, lora_config_of(state.params["policy"]), sampling)
     monitors = dict(monitors or {})
 
     def batches(step: int, ctx: FitContext):
