@@ -75,7 +75,8 @@ def evaluated(world):
 
 def test_kl_of_base_against_itself_is_exactly_zero(evaluated):
     report = evaluated[0]
-    assert report.metrics == ["reward", "toxicity", "finished", "kl", "length", "distinct_1", "distinct_2"]
+    assert report.metrics == ["reward", "toxicity", "finished", "kl", "length", "distinct_1", "distinct_2",
+                              "unique_ratio", "cross_prompt_share", "entropy_bits", "all_identical_share"]
     assert np.array_equal(report.values["sft"]["kl"], np.zeros((len(PROMPTS), S)))
     iv = report.summary["sft"]["kl"]
     assert (iv.mean, iv.low, iv.high) == (0.0, 0.0, 0.0)
@@ -280,3 +281,37 @@ def test_errors_before_any_generation(world):
         EvalConfig(sampling=SamplingConfig(max_new_tokens=4), samples_per_prompt=0)
     with pytest.raises(ValueError, match="ci"):
         EvalConfig(sampling=SamplingConfig(max_new_tokens=4), ci="t")
+
+
+def test_groups_on_topic_and_greedy_reach_the_report(world):
+    cfg, tok, base, sft, ppo = world
+    on_topic = Recorder(lambda p, c: [float("w7" in c_.split()) for c_ in c])
+    groups = lambda p: "short" if len(p.split()) < 3 else "long"  # noqa: E731
+    config = EvalConfig(sampling=SamplingConfig(max_new_tokens=N_NEW, greedy=True), samples_per_prompt=2,
+                        batch_size=BS, seed=3, progress=False)
+    report = evaluate([sft, ppo], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config, on_topic=on_topic,
+                      groups=groups)
+    assert report.metrics == ["on_topic", "kl", "length", "distinct_1", "distinct_2", "unique_ratio",
+                              "cross_prompt_share", "entropy_bits", "all_identical_share", "distinct_outputs"]
+    assert report.groups == [groups(p) for p in PROMPTS] and set(report.by_group) == {"short", "long"}
+    for m, (prompts, texts) in zip(report.models, on_topic.calls):
+        assert prompts == [p for p in PROMPTS for _ in range(2)]
+        assert texts == [c for row in report.completions[m] for c in row]
+        assert np.array_equal(report.values[m]["on_topic"].reshape(-1), [float("w7" in t.split()) for t in texts])
+        # Greedy decoding: both samples of a prompt are the one output, and distinct_outputs
+        # counts the distinct outputs over the prompts.
+        assert all(row[0] == row[1] for row in report.completions[m])
+        assert report.summary[m]["all_identical_share"].mean == 1.0
+        assert report.summary[m]["distinct_outputs"].mean == len({row[0] for row in report.completions[m]})
+        for g in ("short", "long"):
+            rows = [row[0] for row, label in zip(report.completions[m], report.groups) if label == g]
+            assert report.by_group[g][m]["distinct_outputs"].mean == len(set(rows))
+    assert "greedy decoding" in report.settings["metric_descriptions"]["distinct_outputs"]
+    with pytest.raises(ValueError, match=r"scorer 'on_topic' must return 0/1 or a probability in \[0, 1\]; got 2.0"):
+        evaluate([sft], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config,
+                 on_topic=lambda p, c: [2.0] * len(c))
+    with pytest.raises(ValueError, match="groups has 2 labels for 5 prompts"):
+        evaluate([sft], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config, groups=["a", "b"])
+    with pytest.raises(ValueError, match="clash"):
+        evaluate([sft], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config,
+                 scorers={"on_topic": lambda p, c: c})
