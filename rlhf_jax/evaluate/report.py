@@ -249,14 +249,14 @@ class EvaluationReport:
             lines.append(f"| {cell(self.prompts[p])} | " + " | ".join(row) + " |")
         return "\n".join(lines)
 
-    def group_examples(self, n: int | None = None) -> str:
-        """Per group, a ``### group`` heading and :meth:`examples` of its first ``n`` prompts
-        (default: ``num_examples / groups``, at least 2); ``""`` without groups."""
+    def group_examples(self, n: int | None = None, *, level: int = 3) -> str:
+        """Per group, a Markdown heading of ``level`` (``### group``) and :meth:`examples` of its
+        first ``n`` prompts (default: ``num_examples / groups``, at least 2); ``""`` without groups."""
         if not self.by_group:
             return ""
         if n is None:
             n = max(2, self.settings.get("num_examples", 8) // len(self.group_names))
-        return "\n\n".join(f"### {g}\n\n{self.examples(n, group=g)}" for g in self.group_names)
+        return "\n\n".join(f"{'#' * level} {g}\n\n{self.examples(n, group=g)}" for g in self.group_names)
 
     def to_markdown(self, path: str | None = None) -> str:
         """``report.md``: the model x metric tables (scores; diversity and collapse), what each
