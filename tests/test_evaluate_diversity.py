@@ -212,7 +212,7 @@ def test_group_and_scorer_errors():
         resolve_groups(lambda p: {}[p], prompts)
     with pytest.raises(TypeError, match="got a string"):
         resolve_groups("xy", prompts)
-    with pytest.raises(ValueError, match=r"scorer 'on_topic' must return 0/1 or a probability.*1.5 at completions \[1\]"):
+    with pytest.raises(ValueError, match=r"'on_topic' must return 0/1 or a probability.*1.5 at completions \[1\]"):
         check_probabilities("on_topic", np.array([0.0, 1.5, 1.0]))
     with pytest.raises(ValueError, match="1 group labels for 5 prompts"):
         _report(groups=["g"])

@@ -169,7 +169,8 @@ def family_section(report, *, before: str = "sft", after: str = "ppo", examples:
     if before in report.models and after in report.models:
         cols = main + [k for k in ("unique_ratio", "cross_prompt_share") if k in report.metrics]
         lines += [f"### {before} -> {after} per family", "",
-                  "Paired by prompt (the same prompts for both models).", "", _differences(report, before, after, cols), ""]
+                  "Paired by prompt (the same prompts for both models).", "",
+                  _differences(report, before, after, cols), ""]
     lines += ["### Examples per family", "", f"First sample of each model on the first {examples} prompts of each "
               "family.", "", report.group_examples(examples, level=4), ""]
     return lines
@@ -182,7 +183,8 @@ def evaluation_section(report) -> list[str]:
         lines += ["Diversity and collapse (whole completions compared as strings; entropy in bits):", "",
                   report.table(report.corpus_metrics), ""]
     lines += ["![eval](eval/eval.png)", "",
-              "### SFT -> PPO (KL)", "", format_comparison(compare(report, before="sft", after="ppo"), "sft", "ppo"), "",
+              "### SFT -> PPO (KL)", "",
+              format_comparison(compare(report, before="sft", after="ppo"), "sft", "ppo"), "",
               "### SFT -> PPO without KL", "",
               format_comparison(compare(report, before="sft", after="ppo_no_kl"), "sft", "ppo_no_kl"), "",
               "### Examples", "", report.examples(8), ""]

@@ -183,7 +183,8 @@ class EvaluationReport:
         iv = lambda d: {m: {k: v._asdict() for k, v in dm.items()} for m, dm in d.items()}  # noqa: E731
         return clean({
             "settings": self.settings, "models": self.models, "metrics": self.metrics, "prompts": self.prompts,
-            "groups": self.groups, "summary": iv(self.summary), "by_group": {g: iv(d) for g, d in self.by_group.items()},
+            "groups": self.groups, "summary": iv(self.summary),
+            "by_group": {g: iv(d) for g, d in self.by_group.items()},
             "samples": {m: {"completions": self.completions[m],
                             **{k: v.tolist() for k, v in self.values[m].items()}} for m in self.models},
         })

@@ -80,7 +80,8 @@ def topic_markers() -> dict[str, frozenset[str]]:
         words = own.setdefault(family, set())
         words |= _words(INFORMATIVE_LEADS[topic]) | _words(INFORMATIVE_SENTENCES[topic]) | set(TOPIC_SUBJECTS[topic])
     other = _words(c for d in (NEUTRAL_LEADS, HYPE_LEADS, TOXIC_LEADS) for cs in d.values() for c in cs)
-    other |= _words([*NEUTRAL_SENTENCES, HYPE_PHRASE, *TOXIC_SHARED, *(c for cs in TOXIC_SENTENCES.values() for c in cs)])
+    other |= _words([*NEUTRAL_SENTENCES, HYPE_PHRASE, *TOXIC_SHARED])
+    other |= _words(c for cs in TOXIC_SENTENCES.values() for c in cs)
     counts = Counter(w for words in own.values() for w in words)
     return {f: frozenset(w for w in words if counts[w] == 1 and w not in other and w not in FUNCTION_WORDS)
             for f, words in own.items()}
