@@ -156,7 +156,7 @@ def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, o
                       config=EvalConfig(sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
                                         samples_per_prompt=cfg.eval_samples, seed=cfg.seed + 7, progress=progress),
                       reward=ModelScorer(mc, rm), toxicity=world.toxicity.prob_toxic,
-                      scorers=gold_scorers())
+                      scorers=gold_scorers(), on_topic=tw.on_topic_scores, groups=tw.prompt_family)
     edir = os.path.join(out, "eval")
     os.makedirs(edir, exist_ok=True)
     report.to_json(os.path.join(edir, "eval.json"))

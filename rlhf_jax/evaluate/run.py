@@ -14,10 +14,11 @@ import time
 from typing import Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.evaluate.config import EvalConfig, ModelSpec
+from rlhf_jax.evaluate.diversity import (COLLAPSE_DESCRIPTIONS, COLLAPSE_METRICS, check_probabilities,
+                                         collapse_metrics, resolve_groups)
 from rlhf_jax.evaluate.report import CORPUS_METRICS, EvaluationReport
 from rlhf_jax.losses import kl_penalty, masked_sum
 from rlhf_jax.lora import LoraConfig, lora_config_of, model_variables
@@ -28,7 +29,7 @@ from rlhf_jax.scoring import Completions, RewardModel, Scorer, as_scorer
 TextFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 """``(prompts, completions) -> one float per completion``."""
 
-BUILTIN_METRICS = ("reward", "toxicity", "kl", "length", *CORPUS_METRICS)
+BUILTIN_METRICS = ("reward", "toxicity", "on_topic", "kl", "length", *CORPUS_METRICS, *COLLAPSE_METRICS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -94,7 +95,8 @@ def _scores(name: str, values, n: int) -> np.ndarray:
 def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, prompts: Sequence[str],
              config: EvalConfig, reward: Scorer | RewardModel | TextFn | None = None,
              toxicity: Callable[[Sequence[str]], Sequence[float]] | None = None,
-             scorers: Mapping[str, TextFn] | None = None) -> EvaluationReport:
+             scorers: Mapping[str, TextFn] | None = None, on_topic: TextFn | None = None,
+             groups: Callable[[str], str] | Sequence[str] | None = None) -> EvaluationReport:
     """Evaluate ``models`` on the same ``prompts`` and return an :class:`EvaluationReport`.
 
     Every model samples ``S = config.samples_per_prompt`` completions per prompt (row ``p * S + s``
@@ -113,9 +115,18 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
       the model and the reference at the sampling temperature.
     - ``length``: generated tokens, the EOS token included.
 
+    - ``on_topic``: ``on_topic(prompts, completions) -> 0/1 or a probability`` per completion,
+      whether it answers its prompt's topic (e.g. :func:`rlhf_jax.toyworld.on_topic_scores`).
+
     and per model ``distinct_1`` / ``distinct_2``: unique / total word n-grams over all its
-    completions (Li et al. 2016). Texts given to ``toxicity`` and ``scorers`` keep special tokens
-    when ``config.keep_special_tokens`` (default), so a finished completion ends with the EOS text.
+    completions (Li et al. 2016), and the collapse diagnostics of
+    :mod:`rlhf_jax.evaluate.diversity` (unique-completion ratio, share of completions identical
+    to one for another prompt, entropy of the completion strings in bits, share of prompts whose
+    samples are all identical when ``S >= 2``, number of distinct outputs under greedy
+    decoding). Texts given to ``toxicity``, ``scorers`` and ``on_topic`` keep special tokens when
+    ``config.keep_special_tokens`` (default), so a finished completion ends with the EOS text.
+    With ``groups``, every statistic is also given per group of prompts
+    (``report.by_group``, a table per group in the Markdown, a cluster per group in the plot).
 
     Args:
       models: the models to compare, e.g. ``[ModelSpec("sft", cfg, base),
@@ -124,7 +135,9 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
       tokenizer: a ``transformers`` tokenizer shared by every model.
       prompts: held-out prompt texts.
       config: an :class:`EvalConfig`.
-      reward, toxicity, scorers: see above; each is optional.
+      reward, toxicity, scorers, on_topic: see above; each is optional.
+      groups: a function ``prompt -> group label`` or one label per prompt (e.g. the toy world's
+        topic family: ``lambda t: rlhf_jax.toyworld.prompt_family(t)``); optional.
     Returns:
       an :class:`EvaluationReport`.
     """
@@ -135,6 +148,7 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         raise ValueError("evaluate: no prompts")
     if not models:
         raise ValueError("evaluate: no models to evaluate")
+    group_labels = resolve_groups(groups, prompts)
     names = [m.name if isinstance(m, ModelSpec) else None for m in models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -212,6 +226,9 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
             per["toxicity"] = _scores("toxicity", toxicity(list(shown)), n_rows)
         for name, fn in scorers.items():
             per[name] = _scores(name, fn(list(row_prompts), list(shown)), n_rows)
+        if on_topic is not None:
+            per["on_topic"] = check_probabilities("on_topic", _scores("on_topic", on_topic(list(row_prompts),
+                                                                                          list(shown)), n_rows))
         per["kl"] = np.concatenate(kls).astype(np.float64)
         per["length"] = np.concatenate(lengths).astype(np.float64)
         values[spec.name] = {k: v.reshape(len(prompts), s) for k, v in per.items()}
@@ -221,7 +238,8 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
             print(f"evaluate {spec.name}: {n_rows} completions scored in {timings[spec.name]:.1f}s", file=sys.stderr)
 
     first = values[models[0].name]
-    metrics = list(first) + list(CORPUS_METRICS)
+    metrics = list(first) + list(CORPUS_METRICS) + collapse_metrics(samples_per_prompt=s,
+                                                                    greedy=config.sampling.greedy)
     descriptions = {
         "reward": f"mean reward score ({_describe(reward)})",
         "toxicity": f"mean probability of the toxic class ({_describe(toxicity)})",
@@ -231,6 +249,8 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         "distinct_1": "unique / total words over all completions of the model",
         "distinct_2": "unique / total word bigrams over all completions of the model",
         **{name: f"mean of scorer {name!r} ({_describe(fn)})" for name, fn in scorers.items()},
+        "on_topic": f"share of completions on their prompt's topic ({_describe(on_topic)})",
+        **COLLAPSE_DESCRIPTIONS,
     }
     settings = {
         "n_prompts": len(prompts), "samples_per_prompt": s, "seed": config.seed, "batch_size": bs,
@@ -239,10 +259,11 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         "kl_estimator": "k1, summed over response tokens", "ci": config.ci, "confidence": config.confidence,
         "bootstrap_samples": config.bootstrap_samples, "keep_special_tokens": config.keep_special_tokens,
         "special_tokens": special, "num_examples": config.num_examples, "seconds": timings,
+        "groups": None if groups is None else _describe(groups) if callable(groups) else "labels given per prompt",
         "metric_descriptions": {k: descriptions[k] for k in metrics},
     }
     return EvaluationReport(models=[m.name for m in models], metrics=metrics, prompts=prompts, values=values,
-                            completions=completions, settings=settings)
+                            completions=completions, settings=settings, groups=group_labels)
 
 
 def _describe(fn) -> str:
