@@ -19,6 +19,8 @@ Policies (all counted in a `BatchReport`, with the indices of the kept items):
   is skipped (whatever ``overflow`` says), never cut: a truncated completion is not the text the
   labelers judged, and the reward is read at its last token.
 * **Empty sequence.** An item whose sequence has no token at all is skipped.
+* **Conversational items.** Prompts or completions that are message lists are a ``ValueError``:
+  they need the model's chat template, which these text encoders do not apply.
 """
 
 from __future__ import annotations
@@ -189,6 +191,11 @@ class _Encoder:
     def encode(self, prompts: list[str], completions: list[list[str | None]]
                ) -> tuple[list[int], list[list[list[int] | None]]]:
         """Per item, the sequences (None for an absent completion); returns kept indices too."""
+        for i, (p, cs) in enumerate(zip(prompts, completions)):
+            if not isinstance(p, str) or any(c is not None and not isinstance(c, str) for c in cs):
+                raise ValueError(
+                    f"item {i} is conversational (message lists): these encoders take text; render "
+                    "prompt and completions with the tokenizer's chat template first")
         prompt_ids = self._ids(prompts)
         flat = [c for cs in completions for c in cs if c is not None]
         flat_ids = iter(self._ids(flat))

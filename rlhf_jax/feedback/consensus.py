@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from rlhf_jax.feedback.records import Label, RankedFeedback
+from rlhf_jax.feedback.records import Label, Prompt, RankedFeedback
 
 Method = Literal["borda", "copeland"]
 METHODS = ("borda", "copeland")
@@ -66,8 +66,8 @@ class PromptConsensus:
     prompt_id: str
     """The prompt's id."""
 
-    prompt: str
-    """The prompt text."""
+    prompt: Prompt
+    """The prompt text, or its message list."""
 
     completions: tuple[str, ...]
     """The completions, in storage order."""
