@@ -56,12 +56,12 @@ MESSAGES_FEATURE = [{"role": datasets.Value("string"), "content": datasets.Value
 def features_for(kind: str, *, conversational: bool = False) -> datasets.Features:
     """The features of a dataset of ``kind`` records; with message-list prompts when
     ``conversational`` (then a pair's ``chosen`` / ``rejected`` are message lists too)."""
-    features = _FEATURES[kind].copy()
+    features = dict(_FEATURES[kind])
     if conversational:
         for column in ("prompt", "chosen", "rejected"):
             if column in features:
                 features[column] = MESSAGES_FEATURE
-    return features
+    return datasets.Features(features)
 
 
 def read_feedback(path: str | os.PathLike, *, kind: str = "auto",
@@ -155,12 +155,16 @@ def _extension(path: str) -> str:
 
 
 def save_pairs(ds: datasets.Dataset, path: str | os.PathLike) -> None:
-    """Save a pairs dataset as Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``)."""
+    """Save a pairs dataset as Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``).
+
+    JSONL is written with Python's ``json`` (floats exactly, e.g. a margin of 4/3), not with
+    ``Dataset.to_json``, whose pandas writer keeps 10 significant digits."""
     path = os.fspath(path)
     if _extension(path) == ".parquet":
         ds.to_parquet(path)
     else:
-        ds.to_json(path, lines=True, force_ascii=False)
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in ds.to_list())
 
 
 def load_pairs(path: str | os.PathLike, *, strict: bool = True) -> datasets.Dataset:

@@ -190,8 +190,8 @@ def _check_across(parsed: list[tuple[int, Record]], source: str,
                 raise FeedbackError(f"is a {form} prompt, but this file's prompts are {main} "
                                     f"(first on line {at}); a file holds one prompt form",
                                     file=source, line=line, field="prompt")
-            _check_duplicate(record, first_line, source=source, line=line)
             _check_prompt_id(record, prompt_of, source=source, line=line)
+            _check_duplicate(record, first_line, source=source, line=line)
         except FeedbackError as e:
             errors.append(e)
             continue
