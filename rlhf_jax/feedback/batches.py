@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, NamedTuple, S
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
+from rlhf_jax.config_checks import at_least, check, one_of
 from rlhf_jax.feedback.records import PairRecord
 
 if TYPE_CHECKING:
@@ -63,12 +64,12 @@ class BatchConfig:
     """When the tokenizer has no pad token, pad with eos instead of raising."""
 
     def __post_init__(self):
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        if self.overflow not in ("truncate_left", "skip"):
-            raise ValueError(f"overflow must be 'truncate_left' or 'skip', got {self.overflow!r}")
+        at_least(self, "max_length", 1, integer=True)
+        one_of(self, "padding_side", ("left", "right"))
+        one_of(self, "overflow", ("truncate_left", "skip"))
+        for name in ("pad_to_max_length", "append_eos", "pad_with_eos"):
+            check(self, name, isinstance(getattr(self, name), bool), "a boolean")
+        check(self, "add_bos", self.add_bos is None or isinstance(self.add_bos, bool), "a boolean or None")
 
 
 @dataclass(frozen=True, kw_only=True)
