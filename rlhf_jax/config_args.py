@@ -7,7 +7,8 @@ enclosing config's default instance (SFTConfig's ``--optim.learning_rate`` shows
 read by the field's type (`parse_text`):
 
 * booleans: ``true/false``, ``1/0``, ``yes/no`` in any case; anything else (``ture``) is an error;
-* integers and numbers: Python literals; an integer is fine for a float field;
+* integers and numbers: Python literals; an integer is fine for a float field; a negative
+  number is written ``--optim.learning_rate=-1e-3`` (argparse reads ``-1e-3`` alone as an option);
 * tuples (``--lora.targets``): a comma list ``q_proj,v_proj`` or a JSON list
   ``'["q_proj", "v_proj"]'`` (needed when an item holds a comma); empty text is ``()``;
 * optional fields: ``none`` or ``null`` for ``None``.
@@ -23,7 +24,8 @@ they override the defaults (or ``base``). They are strict, as are dicts given to
 an unknown key is an error naming the closest valid key and the config class; a value of the
 wrong type names the field, the expected type and the value (an integer is fine for a float, a
 boolean is not an integer, a list becomes a tuple, an object a nested config, ``null`` only for
-an optional field); a key given twice in one object is an error.
+an optional field; a boolean is ``true``/``false`` or one of the words above as a string, never
+a number); a key given twice in one object is an error.
 
 **Errors.** Every problem raises `rlhf_jax.config_checks.ConfigError` (a ``ValueError``) with one
 line: a bad flag, key, type or file, and any ``ValueError`` of a config's ``__post_init__``
@@ -108,6 +110,8 @@ def build_config(cls, values: Mapping[str, Any] | None = None, *, base=None, whe
             kwargs[name] = current
             continue
         value, (inner, optional) = values[name], split_optional(hints[name])
+        if isinstance(value, _Fresh) and not optional:  # a JSON null under flags of its fields
+            raise ConfigError(f"{prefix}{path} must be {describe(hints[name])}, got null")
         if is_config(inner) and isinstance(value, Mapping):
             nested_base = current if isinstance(current, inner) and not isinstance(value, _Fresh) else None
             kwargs[name] = build_config(inner, value, base=nested_base, where=path, source=source)

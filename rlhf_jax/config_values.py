@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from typing import Any, Literal
@@ -86,10 +87,10 @@ def coerce(value: Any, tp, where: str) -> Any:
         if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
             return value.strip().lower() in TRUE_WORDS
     elif inner is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif inner is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
             return float(value)
     elif inner is str:
         if isinstance(value, str):

@@ -252,6 +252,8 @@ def test_null_plus_nested_flag_turns_the_config_on(tmp_path):
     assert cfg.lora == LoraConfig(rank=4, alpha=2.0)
     with pytest.raises(ConfigError, match="^--policy_lora.off contradicts --policy_lora.rank: drop one of them$"):
         parse(PPOConfig, ["--policy_lora.off", "--policy_lora.rank", "4"])
+    with pytest.raises(ConfigError, match="run.json: SFTConfig.optim must be an object of OptimConfig fields, got null"):
+        parse(SFTConfig, ["--optim.learning_rate", "1"], {"optim": None}, tmp_path)  # not optional
     with pytest.raises(SystemExit):  # argparse: the two switches exclude each other
         parse(PPOConfig, ["--policy_lora.on", "--policy_lora.off"])
 
