@@ -171,8 +171,10 @@ def test_check_helpers_raise_one_line(call, value, message):
 
 def test_check_helpers_pass_good_values():
     c = Checked(a=4, b=2)
-    positive(c, "a"), at_least(c, "a", 4, integer=True), in_range(c, "a", 0, 4), multiple_of(c, "a", "b")
-    at_least(Checked(a=None), "a", 1, optional=True), one_of(Checked(a="y"), "a", ("x", "y"))
+    results = [positive(c, "a"), at_least(c, "a", 4, integer=True), in_range(c, "a", 0, 4),
+               in_range(c, "a", 4, 5, high_open=True), multiple_of(c, "a", "b"), check(c, "a", True, "x"),
+               at_least(Checked(a=None), "a", 1, optional=True), one_of(Checked(a="y"), "a", ("x", "y"))]
+    assert results == [None] * 8  # no ConfigError: every bound is inclusive unless opened
 
 
 def _shown_default(action):
@@ -252,7 +254,8 @@ def test_null_plus_nested_flag_turns_the_config_on(tmp_path):
     assert cfg.lora == LoraConfig(rank=4, alpha=2.0)
     with pytest.raises(ConfigError, match="^--policy_lora.off contradicts --policy_lora.rank: drop one of them$"):
         parse(PPOConfig, ["--policy_lora.off", "--policy_lora.rank", "4"])
-    with pytest.raises(ConfigError, match="run.json: SFTConfig.optim must be an object of OptimConfig fields, got null"):
+    with pytest.raises(ConfigError, match="run.json: SFTConfig.optim must be an object of OptimConfig fields, "
+                                          "got null"):
         parse(SFTConfig, ["--optim.learning_rate", "1"], {"optim": None}, tmp_path)  # not optional
     with pytest.raises(SystemExit):  # argparse: the two switches exclude each other
         parse(PPOConfig, ["--policy_lora.on", "--policy_lora.off"])
@@ -309,8 +312,8 @@ def test_a_configs_own_value_error_becomes_one_line_config_error():
         build_config(Odd, {"n": 2})
 
 
-@pytest.mark.parametrize("config", [SFTConfig(), RewardConfig(), PPOConfig(),
-                                    PPOConfig(policy_lora=None, sampling=SamplingConfig(max_new_tokens=8, eos_ids=(1, 2)),
-                                              value_clip_eps=None)])
+@pytest.mark.parametrize("config", [
+    SFTConfig(), RewardConfig(), PPOConfig(),
+    PPOConfig(policy_lora=None, sampling=SamplingConfig(max_new_tokens=8, eos_ids=(1, 2)), value_clip_eps=None)])
 def test_config_json_round_trip(config):
     assert build_config(type(config), config_to_dict(config)) == config
