@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.config_checks import ConfigError, at_least, check, in_range, one_of, positive
+
 PyTree = Any
 
 ALL_LINEAR = (
@@ -52,12 +54,20 @@ class LoraConfig:
     ``"gaussian"`` (normal with std 1/R). ``B`` is always zero."""
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"LoraConfig.rank must be >= 1, got {self.rank}")
-        if self.init not in ("kaiming", "gaussian"):
-            raise ValueError(f"LoraConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
+        at_least(self, "rank", 1, integer=True)
+        positive(self, "alpha")
+        in_range(self, "dropout", 0, 1, high_open=True)
+        one_of(self, "init", ("kaiming", "gaussian"))
+        check(self, "targets", isinstance(self.targets, tuple) and len(self.targets) > 0,
+              "a non-empty tuple of regular expressions")
+        for i, pattern in enumerate(self.targets):
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(f"LoraConfig.targets[{i}] must be a non-empty string, got {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"LoraConfig.targets[{i}] must be a regular expression, got {pattern!r} "
+                                  f"({e})") from None
 
     @property
     def scale(self) -> float:
