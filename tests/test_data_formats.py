@@ -89,6 +89,11 @@ def test_forcing_a_format(tmp_path):
         detect_format(rows, force="prompt_completion")
     with pytest.raises(DataError, match="unknown --format 'chat'"):
         detect_format(rows, force="chat")
+    # TRL's unpaired preference is not SFT data unless forced (the label would be ignored silently)
+    kto = load_rows([{"prompt": "The sky is", "completion": " green.", "label": False}])
+    with pytest.raises(DataError, match=r"<rows>\[0\]: an unpaired preference row .* force --format prompt_completion"):
+        detect_format(kto)
+    assert detect_format(kto, force="prompt_completion").name == "standard_prompt_completion"
     # a row with both text and messages is conversational unless forced
     both = load_rows([{"text": "t", "messages": [{"role": "user", "content": "u"}]}])
     assert detect_format(both).name == "conversational_language_modeling"

@@ -6,8 +6,10 @@ A row's format comes from the fields it has (a field set to ``None`` counts as a
 unified by Arrow are): ``chosen`` + ``rejected`` is a preference (explicit with ``prompt``,
 implicit without); ``prompt`` + ``completion`` is prompt-completion; ``messages`` or ``text`` is
 language modeling (``messages`` first when both are there); ``prompt`` alone is prompt-only.
-Other fields are ignored. The fields of one row are all strings (standard) or all message lists
-(conversational). Every row of a dataset must have the same format as the first.
+Other fields are ignored, except that a boolean ``label`` next to ``prompt`` + ``completion`` (TRL's
+unpaired preference) is an error unless the format is forced. The fields of one row are all
+strings (standard) or all message lists (conversational). Every row of a dataset must have the
+same format as the first.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ def row_format(row: Mapping[str, Any], *, where: str, force: str | None = None) 
             nulls = "" if len(fields) == len(row) else f", null: {sorted(k for k in row if not _present(row, k))}"
             raise DataError(f"{where}: the row fits no dataset format (its fields: {fields}{nulls}); expected "
                             f"{EXPECTED}. Rename the fields, or force a format with --format")
+        if kind is Kind.PROMPT_COMPLETION and isinstance(row.get("label"), bool):
+            raise DataError(f"{where}: an unpaired preference row (prompt, completion, label), which no stage here "
+                            "trains on; to use it as SFT data anyway (the label ignored), force --format "
+                            "prompt_completion")
     else:
         kind, style = parse_format(force)
     if kind is Kind.LANGUAGE_MODELING:

@@ -41,8 +41,8 @@ class ChatTokens(NamedTuple):
     """The rendered conversation."""
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _first_difference(a: Sequence, b: Sequence) -> int:
@@ -70,14 +70,11 @@ def assistant_masks(tokenizer, template: ChatTemplate, messages: Sequence[dict],
     """
     messages = list(messages)
     full = render(tokenizer, template, messages, where=where)
-    ids = _ids(tokenizer, full)
-    mask = [0] * len(ids)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant" or i < first:
-            continue
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= first]
+    texts = []
+    for i in turns:
         head = render(tokenizer, template, messages[:i], add_generation_prompt=True, where=where)
-        upto = render(tokenizer, template, messages[:i + 1], where=where)
+        upto = full if i + 1 == len(messages) else render(tokenizer, template, messages[:i + 1], where=where)
         for text, what in ((head, f"messages[:{i}] with the generation prompt"), (upto, f"messages[:{i + 1}]")):
             if not full.startswith(text):
                 at = _first_difference(text, full)
@@ -91,16 +88,21 @@ def assistant_masks(tokenizer, template: ChatTemplate, messages: Sequence[dict],
                 f"{where}: {template.name}'s generation prompt ...{head[-30:]!r} is not how it opens assistant "
                 f"message {i} ...{upto[max(0, len(head) - 30):len(head) + 10]!r}; use a template whose "
                 "generation prompt opens the assistant turn (--chat_template FILE.jinja)")
+        texts += [head, upto]
+    encoded = _ids(tokenizer, [full] + texts)  # one call: the tokenizer's per-call cost dominates short texts
+    ids = encoded[0]
+    mask = [0] * len(ids)
+    spans = []
+    for k, i in enumerate(turns):
         bounds = []
-        for text, what in ((head, f"the text before assistant message {i}"),
-                           (upto, f"the text up to the end of assistant message {i}")):
-            alone = _ids(tokenizer, text)
+        for alone, what in ((encoded[1 + 2 * k], f"the text before assistant message {i}"),
+                            (encoded[2 + 2 * k], f"the text up to the end of assistant message {i}")):
             if ids[:len(alone)] != alone:
-                k = _first_difference(alone, ids)
-                shown = (tokenizer.convert_ids_to_tokens(alone[k:k + 2]), tokenizer.convert_ids_to_tokens(ids[k:k + 2]))
+                j = _first_difference(alone, ids)
+                shown = (tokenizer.convert_ids_to_tokens(alone[j:j + 2]), tokenizer.convert_ids_to_tokens(ids[j:j + 2]))
                 raise ChatTemplateError(
                     f"{where}: with {template.name}, {what} tokenises differently alone than inside the whole "
-                    f"conversation (token {k}: {shown[0]} alone vs {shown[1]} in context): the tokenizer merges "
+                    f"conversation (token {j}: {shown[0]} alone vs {shown[1]} in context): the tokenizer merges "
                     "text across the turn boundary, so the assistant tokens cannot be marked exactly; use a "
                     "template that ends the turn header with a special token or newline the tokenizer keeps apart")
             bounds.append(len(alone))
