@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ppo)
 
     add_feedback_subcommands(sub)
+    __import__("rlhf_jax.label.cli", fromlist=["cli"]).add_label_subcommands(sub)  # rlhf-jax label ...
     _add_late_commands(sub)
     return parser
 
