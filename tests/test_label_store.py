@@ -73,10 +73,9 @@ def test_resubmit_replaces_never_duplicates_and_tasks_are_private(tmp_path):
         store.task(bob, t)
     with pytest.raises(TaskNotFound):
         store.submit(bob, t, ["1", "1", "1", "1"])
-    with pytest.raises(LabelError, match="4 ranks for 3|3 ranks for 4"):
+    with pytest.raises(LabelError, match="3 ranks for 4 completions"):
         store.submit(ann, t, ["1", "2", "3"])
-    assert store.task(ann, t).answer == tuple(second[c] if second[c] != "3" else "3"
-                                              for c in store.task(ann, t).completions)
+    assert store.task(ann, t).answer == tuple(second[c] for c in store.task(ann, t).completions)
 
 
 def test_tokens_are_stored_hashed_and_checked(tmp_path):

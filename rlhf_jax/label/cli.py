@@ -94,9 +94,13 @@ def bind_warning(host: str) -> str | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the labeling app until interrupted."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from rlhf_jax.label.app import create_app
+        from rlhf_jax.label.app import create_app
+    except ImportError as e:
+        raise LabelError(f"label serve needs the 'label' extra ({e.name} is missing): "
+                         "pip install 'rlhf_jax[label]'") from e
 
     app = create_app(args.db, https=args.secure_cookie)
     warning = bind_warning(args.host)

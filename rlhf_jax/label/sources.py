@@ -89,7 +89,11 @@ def sample_completions(model_dir: str, prompts: list[tuple[str, str]], *, k: int
 
     config, params, tokenizer = load_pretrained(model_dir, dtype=dtype)
     sampler = Sampler(Transformer(config), sampling)
-    texts = sample_texts(sampler, {"params": params}, tokenizer, [p for _, p in prompts],
-                         n_samples=k, batch_size=batch_size, seed=seed, skip_special_tokens=True)
+    try:
+        texts = sample_texts(sampler, {"params": params}, tokenizer, [p for _, p in prompts],
+                             n_samples=k, batch_size=batch_size, seed=seed,
+                             skip_special_tokens=True)
+    except ValueError as e:  # e.g. prompt + max_new_tokens longer than the model's positions
+        raise LabelError(f"{model_dir}: cannot sample: {e}") from e
     return [PromptItem(prompt_id=pid, prompt=p, completions=tuple(t))
             for (pid, p), t in zip(prompts, texts)]
