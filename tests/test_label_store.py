@@ -154,11 +154,20 @@ def test_init_from_completions_file_and_errors(tmp_path, capsys):
 
 @pytest.mark.slow  # compiles the sampler
 def test_init_from_model_folder_samples_k_completions(tmp_path, capsys):
-    from rlhf_jax.export import save_hf_folder
-    from tests.trainer_fixtures import tiny_base, tiny_config, tiny_tokenizer
+    import dataclasses
 
-    cfg = tiny_config()
-    save_hf_folder(tmp_path / "model", cfg, tiny_base(cfg), tokenizer=tiny_tokenizer())
+    import jax
+    import numpy as np
+
+    from rlhf_jax.export import save_hf_folder
+    from rlhf_jax.model import Transformer
+    from tests.trainer_fixtures import tiny_config, tiny_tokenizer
+
+    cfg = dataclasses.replace(tiny_config(), num_layers=1)  # random weights, no init compile
+    shapes = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(s.dtype), shapes["params"])
+    save_hf_folder(tmp_path / "model", cfg, params, tokenizer=tiny_tokenizer())
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["w1 w2", "w3", "w4 w5 w6"]))
     db = str(tmp_path / "l.db")
