@@ -120,10 +120,18 @@ def test_label_in_chromium(browser, tmp_path):
             li = next(x for x in d.find_elements(By.CSS_SELECTOR, "li.completion")
                       if x.find_element(By.CLASS_NAME, "text").text.strip() == text.strip())
             d.execute_script(_DRAG_TO_TOP, li, lst)
-        order = [(x.find_element(By.CLASS_NAME, "text").text.strip(),
-                  x.find_element(By.TAG_NAME, "select").get_attribute("value"))
-                 for x in d.find_elements(By.CSS_SELECTOR, "li.completion")]
-        assert order == [("a furry animal", "1"), ("a pet", "2"), ("green", "3")]
+        def shown_order():
+            return [(x.find_element(By.CLASS_NAME, "text").text.strip(),
+                     x.find_element(By.TAG_NAME, "select").get_attribute("value"))
+                    for x in d.find_elements(By.CSS_SELECTOR, "li.completion")]
+
+        assert shown_order() == [("a furry animal", "1"), ("a pet", "2"), ("green", "3")]
+        last = d.find_elements(By.CSS_SELECTOR, "li.completion")[-1]  # keyboard reorder: Alt+arrows
+        last.find_element(By.CLASS_NAME, "text").click()
+        ActionChains(d).key_down(Keys.ALT).send_keys(Keys.ARROW_UP).key_up(Keys.ALT).perform()
+        assert shown_order() == [("a furry animal", "1"), ("green", "2"), ("a pet", "3")]
+        ActionChains(d).key_down(Keys.ALT).send_keys(Keys.ARROW_DOWN).key_up(Keys.ALT).perform()
+        assert shown_order() == [("a furry animal", "1"), ("a pet", "2"), ("green", "3")]
         d.find_element(By.ID, "submit").click()
         assert "no task left for you" in d.find_element(By.ID, "message").text
         d.get(f"{server.url}/progress")
