@@ -53,7 +53,7 @@ def test_kill_9_during_submissions_loses_no_acknowledged_answer(tmp_path):
         load = threading.Thread(target=run_load, args=(server.url, tokens),
                                 kwargs=dict(tasks_each=200, stop=stop, into=result))
         load.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # generous: CI runs other tests beside this one
         while len(result.acknowledged) < 150 and time.monotonic() < deadline:
             time.sleep(0.01)
         server.kill9()  # mid-stream: clients have requests in flight
