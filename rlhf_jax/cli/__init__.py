@@ -1,5 +1,5 @@
-"""The ``rlhf-jax`` command: the demo, one subcommand per stage, ``feedback``, ``evaluate`` and
-``export``.
+"""The ``rlhf-jax`` command: the demo, one subcommand per stage, ``feedback``, ``label``,
+``evaluate`` and ``export``.
 
 Each stage is driven by the same frozen configs as the Python API: every config field is a flag
 (``--optim.learning_rate 1e-4``), ``--config FILE.json`` gives values the flags override, and the
@@ -28,6 +28,7 @@ USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectory
 
 def build_parser() -> argparse.ArgumentParser:
     from rlhf_jax.feedback.cli import add_feedback_subcommands
+    from rlhf_jax.label.cli import add_label_subcommands
 
     parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_train_commands(sub)
     add_feedback_subcommands(sub)
+    add_label_subcommands(sub)
     add_evaluate_command(sub)
     add_export_command(sub)
     return parser
