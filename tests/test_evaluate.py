@@ -87,10 +87,15 @@ def test_kl_of_base_against_itself_is_exactly_zero(evaluated):
 
 def test_scorers_receive_the_decoded_completions(evaluated, world):
     report, reward, scorer, toxic_texts = evaluated
-    assert len(scorer.calls) == 2 and len(reward.calls) == 2 and len(toxic_texts) == 2  # once per model
+    assert len(scorer.calls) == 2 and len(toxic_texts) == 2  # once per model
     rows = [p for p in PROMPTS for _ in range(S)]  # row p * S + s is sample s of prompt p
-    for m, (prompts, texts), (r_prompts, r_texts), t_texts in zip(report.models, scorer.calls, reward.calls,
-                                                                    toxic_texts):
+    # the reward is a scorer of generated batches: once per batch of BS rows (the last batch padded
+    # with repeats of its last row, dropped from the report)
+    per_model = -(-len(rows) // BS)
+    assert len(reward.calls) == 2 * per_model and all(len(c[0]) == BS for c in reward.calls)
+    joined = [tuple(sum((list(c[i]) for c in reward.calls[k * per_model:(k + 1) * per_model]), [])[:len(rows)]
+                    for i in (0, 1)) for k in range(2)]
+    for m, (prompts, texts), (r_prompts, r_texts), t_texts in zip(report.models, scorer.calls, joined, toxic_texts):
         assert prompts == rows and r_prompts == rows
         assert texts == [c for row in report.completions[m] for c in row] == t_texts
         lengths = report.values[m]["length"].reshape(-1)

@@ -23,7 +23,8 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 from common import ADAM_EPS, init_base, shard_info, tiny_llama, token_batch  # noqa: E402
 from rlhf_jax.lora import LoraConfig  # noqa: E402
-from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, process_rows, shard_batch, shard_params  # noqa: E402
+from rlhf_jax.sharding import (MeshConfig, jit_step, make_mesh, path_string, process_rows, shard_batch,  # noqa: E402
+                               shard_params)
 from rlhf_jax.train import OptimConfig, RewardConfig, make_optimizer, make_reward  # noqa: E402
 
 STEPS, BATCH, T = 3, 8, 10
@@ -72,7 +73,7 @@ else:
     })
 result["losses"] = losses
 if mode == "single" or jax.process_index() == 0:
-    np.savez(out_path + ".npz", **{"/".join(str(k.key) for k in path): np.asarray(x)
+    np.savez(out_path + ".npz", **{path_string(path): np.asarray(x)
                                    for path, x in jax.tree_util.tree_flatten_with_path(final)[0]})
 with open(out_path + (f".{jax.process_index()}" if mode == "multi" else "") + ".json", "w") as f:
     json.dump(result, f)

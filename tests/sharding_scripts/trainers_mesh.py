@@ -37,7 +37,7 @@ pairs = [{"prompt": P[i], "chosen": C[i], "rejected": C[(i + 1) % 40]} for i in 
 r = [train_reward_model(cfg, base, tok, pairs, RewardConfig(lora=LoraConfig(rank=4, alpha=8.0), batch_size=8,
                                                             optim=optim, run=run(m))) for m in (None, MESH)]
 out["reward"] = {"loss": [[h["loss"] for h in x.history] for x in r],
-                 "param_diff": max_diff(r[0].reward_model.params, r[1].reward_model.params)}
+                 "param_diff": max_diff(r[0].reward_model, r[1].reward_model)}
 target = lambda p, c: [x.split().count("w7") / 8 for x in c]
 pc = lambda m: PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, critic_init="zero",
                          sampling=SamplingConfig(max_new_tokens=6), policy_lora=LoraConfig(rank=4, alpha=8.0),

@@ -13,12 +13,13 @@ import numpy as np
 
 from rlhf_jax.lora import lora_config_of, model_variables
 from rlhf_jax.model import ModelConfig
-from rlhf_jax.rollout import Rollout, SamplingConfig, cached_sampler, decode_responses, encode_prompts
+from rlhf_jax.rollout import (EncodedPrompts, Rollout, Sampler, SamplingConfig, cached_sampler, decode_responses,
+                              encode_prompts)
 from rlhf_jax.scoring import Completions, Scorer, as_scorer, critic_from_reward
 from rlhf_jax.sharding import shard_batch
 from rlhf_jax.train.batching import batch_indices
 from rlhf_jax.train.fit import FitContext, fit
-from rlhf_jax.train.algorithm import cached_algorithm
+from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.ppo.algorithm import PPOState, make_ppo
 from rlhf_jax.train.ppo.config import PPOConfig
 from rlhf_jax.train.ppo.experience import PPOBatch
@@ -57,25 +58,26 @@ def threshold_stop(config: PPOConfig, key: str = "score"):
     return stop
 
 
-def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[str], reward: Scorer | Any,
-              config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
-              callback: Callable[[int, dict], None] | None = None) -> PPOResult:
-    """Run PPO (see :func:`rlhf_jax.train.ppo.make_ppo`) on ``prompts``.
+class PPORun(NamedTuple):
+    """Everything :func:`train_ppo` hands to :func:`rlhf_jax.train.fit` (use it to drive PPO from
+    your own loop, or to time its parts)."""
 
-    Args:
-      model_config: the base's config.
-      base: the frozen base parameters (the SFT model, any SFT adapter merged in): the reference,
-        never modified (a fully fine-tuned policy or critic trains a copy of it).
-      tokenizer: a ``transformers`` tokenizer with a pad token.
-      prompts: prompt texts (render chat templates first).
-      reward: a :class:`rlhf_jax.scoring.Scorer`, a :class:`rlhf_jax.scoring.RewardModel` (scored
-        on the shared base), or a Python ``fn(prompts, completions) -> scores``.
-      config: the :class:`PPOConfig`; ``critic_init="reward"`` needs a reward model.
-      monitors: ``{name: fn(prompts, completions) -> floats}`` scored on each step's decoded
-        rollouts (special tokens kept) and logged as ``name`` (their mean): watch a held-back
-        judge (a gold rubric) while optimising the proxy. Never used in the loss.
-      callback: ``(step, metrics row) -> None`` after each step.
-    """
+    algorithm: Algorithm
+    """The ``(init, step)`` pair (built once per setup: the step compiles once per process)."""
+    state: PPOState
+    """The initial state (policy = reference; critic from the reward model or fresh)."""
+    batches: Callable[[int, FitContext], tuple[PPOBatch, dict]]
+    """``(step, ctx) -> (PPOBatch, host metrics)``: generation with ``sampler`` on step ``step``'s
+    prompts, scoring, monitors."""
+    prompts: EncodedPrompts
+    """The prompts, tokenised and left padded once."""
+    sampler: Sampler
+    """The policy's jitted sampler."""
+
+
+def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[Any], reward: Scorer | Any,
+                config: PPOConfig, *, monitors: dict[str, Monitor] | None = None) -> PPORun:
+    """The pieces of a PPO run (see :func:`train_ppo` for the arguments)."""
     prompts = list(prompts)
     scorer = as_scorer(reward, model_config)
     sampling = resolve_sampling(config.sampling, tokenizer)
@@ -87,7 +89,6 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
     if n < config.batch_size:
         raise ValueError(f"ppo: {n} prompts are fewer than batch_size {config.batch_size}; lower batch_size")
     algo = cached_algorithm(make_ppo, model_config, config)
-    key = jax.random.PRNGKey(config.run.seed)
     critic = None
     if config.critic_init == "reward":
         rm = getattr(scorer, "reward_model", None)
@@ -95,7 +96,7 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
             raise ValueError("critic_init='reward' needs a reward model (a RewardModel or ModelScorer reward); "
                              "use critic_init='zero' with a reward function")
         critic = critic_from_reward(rm, base, full=config.critic_lora is None)
-    state = algo.init(key, base, critic=critic)
+    state = algo.init(jax.random.PRNGKey(config.run.seed), base, critic=critic)
     sampler = cached_sampler(model_config, lora_config_of(state.params["policy"]), sampling)
     monitors = dict(monitors or {})
 
@@ -114,6 +115,29 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
             extra.update({k: float(np.mean(fn(batch_prompts, shown))) for k, fn in monitors.items()})
         return PPOBatch(ro, jnp.asarray(scores, jnp.float32)), extra
 
+    return PPORun(algo, state, batches, encoded, sampler)
+
+
+def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[Any], reward: Scorer | Any,
+              config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
+              callback: Callable[[int, dict], None] | None = None) -> PPOResult:
+    """Run PPO (see :func:`rlhf_jax.train.ppo.make_ppo`) on ``prompts``.
+
+    Args:
+      model_config: the base's config.
+      base: the frozen base parameters (the SFT model, any SFT adapter merged in): the reference,
+        never modified (a fully fine-tuned policy or critic trains a copy of it).
+      tokenizer: a ``transformers`` tokenizer with a pad token.
+      prompts: prompt texts (render chat templates first).
+      reward: a :class:`rlhf_jax.scoring.Scorer`, a :class:`rlhf_jax.scoring.RewardModel` (scored
+        on the shared base), or a Python ``fn(prompts, completions) -> scores``.
+      config: the :class:`PPOConfig`; ``critic_init="reward"`` needs a reward model.
+      monitors: ``{name: fn(prompts, completions) -> floats}`` scored on each step's decoded
+        rollouts (special tokens kept) and logged as ``name`` (their mean): watch a held-back
+        judge (a gold rubric) while optimising the proxy. Never used in the loss.
+      callback: ``(step, metrics row) -> None`` after each step.
+    """
+    run = prepare_ppo(model_config, base, tokenizer, prompts, reward, config, monitors=monitors)
     stop = threshold_stop(config)
 
     def stop_and_callback(history):
@@ -121,7 +145,8 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
             callback(history[-1]["step"], history[-1])
         return None if stop is None else stop(history)
 
-    res = fit(algo.step, state, base, batches, run=config.run, name="ppo", log_keys=("score", "kl", "beta"),
+    res = fit(run.algorithm.step, run.state, base, run.batches, run=config.run, name="ppo",
+              log_keys=("score", "kl", "beta"),
               plot_keys=("score", "kl", "reward_total", "entropy", "response_length", "beta"),
-              stop=stop_and_callback, record={"config": config, "data": encoded.batch.tokens})
+              stop=stop_and_callback, record={"config": config, "data": run.prompts.batch.tokens})
     return PPOResult(res.state, res.history, res.stop_reason)
