@@ -226,8 +226,7 @@ class Checkpoints:
                 except Exception as e:  # a corrupt file that matched its checksum, a changed state layout
                     why = f"restore failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 else:
-                    if self.run.progress:
-                        print(f"resuming from step {step} ({self.ckpt_dir})", file=sys.stderr)
+                    print(f"resuming from step {step} ({self.ckpt_dir})", file=sys.stderr)
                     return state, step
             reasons.append(f"step {step}: {why}")
             self._set_aside(step, why)
