@@ -124,5 +124,5 @@ def test_bad_scores_skip_every_update_of_the_step(tiny):
         jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params),
                                jax.device_get(run.state.params))
         assert float(state.kl.beta) == float(run.state.kl.beta)
-    with pytest.raises(ValueError, match="batch_size 6 must be a multiple of mini_batch_size 4"):
+    with pytest.raises(ValueError, match="PPOConfig.batch_size must be a multiple of mini_batch_size"):
         PPOConfig(batch_size=6, mini_batch_size=4)

@@ -40,3 +40,19 @@ def trim_padding(batch, *, multiple: int, mask_key: str = "attention_mask"):
         lo = min(lo, t - width)
     cut = {k: np.asarray(v)[..., lo:lo + width] if np.shape(v) == mask.shape else v for k, v in items.items()}
     return type(batch)(**cut) if hasattr(batch, "_asdict") else cut
+
+
+def check_context(model_config, *, who: str, max_length: int | None = None, prompt_length: int | None = None,
+                  new_tokens: int | None = None) -> None:
+    """Raise when a length does not fit the model's context (``max_position_embeddings``), naming
+    both numbers: a training ``max_length``, or a prompt length plus ``max_new_tokens``."""
+    ctx = model_config.max_position_embeddings
+    if max_length is not None and max_length > ctx:
+        raise ValueError(f"{who}: max_length {max_length} is beyond the model's context of {ctx} tokens "
+                         f"(max_position_embeddings); use --max_length {ctx} or less")
+    if new_tokens is not None and new_tokens >= ctx:
+        raise ValueError(f"{who}: max_new_tokens {new_tokens} leaves no room for a prompt in the model's context "
+                         f"of {ctx} tokens; lower --sampling.max_new_tokens")
+    if prompt_length is not None and new_tokens is not None and prompt_length + new_tokens > ctx:
+        raise ValueError(f"{who}: max_prompt_length {prompt_length} + max_new_tokens {new_tokens} = "
+                         f"{prompt_length + new_tokens} is beyond the model's context of {ctx} tokens")

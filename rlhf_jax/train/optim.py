@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
+
 PyTree = Any
 
 
@@ -34,6 +36,15 @@ class OptimConfig:
     grad_accum_steps: int = 1
     """Accumulate gradients over this many calls before one update (``optax.MultiSteps``)."""
 
+    def __post_init__(self):
+        positive(self, "learning_rate")
+        at_least(self, "warmup_steps", 0, integer=True)
+        at_least(self, "weight_decay", 0)
+        positive(self, "max_grad_norm", optional=True)
+        in_range(self, "b1", 0, 1, high_open=True)
+        in_range(self, "b2", 0, 1, high_open=True)
+        positive(self, "eps")
+        at_least(self, "grad_accum_steps", 1, integer=True)
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """The optimizer described by ``config``."""

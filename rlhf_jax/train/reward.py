@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.config_checks import at_least, in_range, one_of
 from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.losses import bradley_terry_loss, ranking_loss
 from rlhf_jax.model import ModelConfig, init_head
 from rlhf_jax.scoring import RewardModel, raw_scores
 from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
-from rlhf_jax.train.batching import batch_indices, trim_padding
+from rlhf_jax.train.batching import batch_indices, check_context, trim_padding
 from rlhf_jax.train.fit import FitContext, fit
 from rlhf_jax.train.optim import OptimConfig, guarded_update
 from rlhf_jax.train.run import RunConfig
@@ -56,8 +57,13 @@ class RewardConfig:
     """Steps, seed, logging, checkpoints."""
 
     def __post_init__(self):
-        if self.loss not in ("pairwise", "ranking"):
-            raise ValueError(f"RewardConfig.loss must be 'pairwise' or 'ranking', got {self.loss!r}")
+        one_of(self, "loss", ("pairwise", "ranking"))
+        at_least(self, "batch_size", 1, integer=True)
+        at_least(self, "max_length", 2, integer=True)
+        at_least(self, "center_coef", 0)
+        at_least(self, "pad_multiple", 0, integer=True)
+        in_range(self, "eval_fraction", 0, 1, high_open=True)
+        at_least(self, "eval_every", 0, integer=True)
 
 
 def reward_loss(model_config: ModelConfig, config: RewardConfig, rm: RewardModel, base, batch: dict):
@@ -146,6 +152,7 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: S
         ``datasets.Dataset`` of :func:`rlhf_jax.feedback.rankings_to_pairs`) for ``loss="pairwise"``;
         ranked items (``prompt``, ``completions``, ``ranks``) for ``loss="ranking"``.
     """
+    check_context(model_config, who="reward", max_length=config.max_length)
     arrays, report = encode_preferences(tokenizer, data, config)
     n = arrays["input_ids"].shape[0]
     n_eval = int(round(n * config.eval_fraction))

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
 from rlhf_jax.sharding import MeshConfig
 
 
@@ -49,6 +50,13 @@ class RunConfig:
     (:mod:`rlhf_jax.sharding`), batches split over data x fsdp, so batch sizes must be multiples
     of data * fsdp. ``None``: one device."""
 
+    def __post_init__(self):
+        at_least(self, "seed", 0, integer=True)
+        at_least(self, "max_steps", 1, integer=True)
+        at_least(self, "checkpoint_every", 0, integer=True)
+        at_least(self, "keep_checkpoints", 1, integer=True)
+        one_of(self, "resume", ("auto", "never", "force"))
+        at_least(self, "max_skipped_steps", 1, integer=True)
 
 def read_metrics(path: str, *, before: int | None = None) -> list[dict]:
     """The rows of a ``metrics.jsonl`` (those with ``step < before`` when given). A line cut by a

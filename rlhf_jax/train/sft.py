@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
+from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
 from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
 from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
 from rlhf_jax.losses import masked_mean, token_logprobs
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
-from rlhf_jax.train.batching import batch_indices, trim_padding
+from rlhf_jax.train.batching import batch_indices, check_context, trim_padding
 from rlhf_jax.train.fit import FitContext, fit
 from rlhf_jax.train.optim import OptimConfig, guarded_update
 from rlhf_jax.train.run import RunConfig
@@ -51,6 +52,12 @@ class SFTConfig:
     run: RunConfig = RunConfig()
     """Steps, seed, logging, checkpoints."""
 
+    def __post_init__(self):
+        at_least(self, "batch_size", 1, integer=True)
+        at_least(self, "max_length", 2, integer=True)
+        at_least(self, "pad_multiple", 0, integer=True)
+        in_range(self, "eval_fraction", 0, 1, high_open=True)
+        at_least(self, "eval_every", 0, integer=True)
 
 class SFTBatch(NamedTuple):
     """Tokenised SFT rows (host NumPy or device arrays): ``loss_mask`` marks the tokens that are
@@ -174,6 +181,7 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
               completions: Sequence[str], config: SFTConfig) -> SFTResult:
     """Fine-tune ``params`` on ``prompt -> completion`` pairs (see :class:`SFTConfig`) with
     :func:`make_sft` run by :func:`rlhf_jax.train.fit`."""
+    check_context(model_config, who="sft", max_length=config.max_length)
     data, report = encode_sft(tokenizer, prompts, completions, max_length=config.max_length,
                               append_eos=config.append_eos)
     train, held = split_held_out(data, config.eval_fraction, config.run.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.rollout import SamplingConfig
 from rlhf_jax.train.optim import OptimConfig
@@ -88,12 +89,23 @@ class PPOConfig:
     """Steps, seed, logging, checkpoints."""
 
     def __post_init__(self):
-        if self.batch_size % self.mini_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of mini_batch_size "
-                             f"{self.mini_batch_size}")
-        if self.kl_estimator not in ("k1", "k2", "k3", "full"):
-            raise ValueError(f"kl_estimator must be k1/k2/k3/full, got {self.kl_estimator!r}")
-        if self.critic_init not in ("reward", "zero"):
-            raise ValueError(f"critic_init must be 'reward' or 'zero', got {self.critic_init!r}")
-        if self.old_logprobs not in ("recompute", "sampler"):
-            raise ValueError(f"old_logprobs must be 'recompute' or 'sampler', got {self.old_logprobs!r}")
+        one_of(self, "critic_init", ("reward", "zero"))
+        at_least(self, "batch_size", 1, integer=True)
+        at_least(self, "mini_batch_size", 1, integer=True)
+        multiple_of(self, "batch_size", "mini_batch_size")
+        at_least(self, "ppo_epochs", 1, integer=True)
+        positive(self, "clip_eps")
+        positive(self, "value_clip_eps", optional=True)
+        in_range(self, "gamma", 0, 1)
+        in_range(self, "lam", 0, 1)
+        at_least(self, "vf_coef", 0)
+        at_least(self, "entropy_coef", 0)
+        at_least(self, "kl_coef", 0)
+        positive(self, "kl_target")
+        positive(self, "kl_horizon")
+        one_of(self, "kl_estimator", ("k1", "k2", "k3", "full"))
+        one_of(self, "old_logprobs", ("recompute", "sampler"))
+        positive(self, "reward_bound")
+        at_least(self, "missing_eos_penalty", 0, optional=True)
+        at_least(self, "max_prompt_length", 1, integer=True, optional=True)
+        at_least(self, "threshold_window", 1, integer=True)

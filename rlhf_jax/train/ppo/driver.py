@@ -17,7 +17,7 @@ from rlhf_jax.rollout import (EncodedPrompts, Rollout, Sampler, SamplingConfig, 
                               encode_prompts)
 from rlhf_jax.scoring import Completions, Scorer, as_scorer, critic_from_reward
 from rlhf_jax.sharding import shard_batch
-from rlhf_jax.train.batching import batch_indices
+from rlhf_jax.train.batching import batch_indices, check_context
 from rlhf_jax.train.fit import FitContext, fit
 from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.ppo.algorithm import PPOState, make_ppo
@@ -81,6 +81,7 @@ def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Seque
     prompts = list(prompts)
     scorer = as_scorer(reward, model_config)
     sampling = resolve_sampling(config.sampling, tokenizer)
+    check_context(model_config, who="ppo", prompt_length=config.max_prompt_length, new_tokens=sampling.max_new_tokens)
     limit = config.max_prompt_length or (model_config.max_position_embeddings - sampling.max_new_tokens)
     encoded = encode_prompts(tokenizer, prompts, limit=limit, pad_id=sampling.pad_id, who="ppo")
     if encoded.truncated:
