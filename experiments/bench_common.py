@@ -318,14 +318,16 @@ class TrimmedSteps:
         from rlhf_jax.train import trim_padding
 
         d = self.data
-        cut = type(d)(*(x[self.idx[i]] for x in d)) if hasattr(d, "_asdict") else {k: v[self.idx[i]] for k, v in d.items()}
+        cut = (type(d)(*(None if x is None else x[self.idx[i]] for x in d)) if hasattr(d, "_asdict")
+               else {k: v[self.idx[i]] for k, v in d.items()})
         return trim_padding(cut, multiple=self.multiple)
 
     def device_rows(self, i: int):
+        import jax
         import jax.numpy as jnp
 
         r = self.rows(i)
-        return type(r)(*(jnp.asarray(x) for x in r)) if hasattr(r, "_asdict") else {k: jnp.asarray(v) for k, v in r.items()}
+        return jax.tree_util.tree_map(jnp.asarray, r)  # a NamedTuple's None fields stay None
 
     def warm(self, run_step) -> None:
         """``run_step(rows)`` once for each width of steps 1.. that step 0 does not have."""
@@ -340,14 +342,15 @@ class TrimmedSteps:
 
 
 class TrimmedStepRunner:
-    """Runs a jitted ``step_fn(state, rows, extra)`` on the rows of :class:`TrimmedSteps`;
+    """Runs a jitted ``step_fn(state, extra, rows)`` (an algorithm's ``step(state, base, batch)``) on
+    the rows of :class:`TrimmedSteps`;
     ``runner(i)`` is step ``i``'s wall time (step 0 also compiles every later width). Subclasses
     set ``state``, ``step_fn``, ``extra`` (the frozen base or ``None``) and ``batches``."""
 
     def run(self, rows) -> None:
         import jax
 
-        self.state, m = self.step_fn(self.state, rows, self.extra)
+        self.state, m = self.step_fn(self.state, self.extra, rows)
         jax.block_until_ready((self.state, m))
 
     def __call__(self, i: int) -> float:

@@ -1,5 +1,5 @@
 """Reward-model training throughput: TRL 1.12's ``RewardTrainer`` against our reward step
-(``rlhf_jax.train.make_reward_step``, jitted once with donation exactly as ``train_reward_model``
+(``rlhf_jax.train.make_reward``, jitted once with donation exactly as ``train_reward_model``
 does) on the SAME random Llama checkpoint (width 256, 4 blocks, the toy world's ~410-word
 vocabulary; TRL: ``LlamaForSequenceClassification`` with one label) and the SAME token sequences:
 1,024 preference pairs built from the toy world's SFT corpus (two completions of the same prompt,
@@ -87,27 +87,15 @@ class OursReward(bc.TrimmedStepRunner):
 
     def __init__(self, cfg, base, arrays, *, batch: int, lr: float, steps: int, lora=None, seed: int = 0):
         import jax
-        import jax.numpy as jnp
 
-        from rlhf_jax.lora import init_lora
-        from rlhf_jax.model import Transformer, init_head
         from rlhf_jax.sharding import jit_step
-        from rlhf_jax.train import OptimConfig, RewardConfig, init_state, make_optimizer, make_reward_step
+        from rlhf_jax.train import OptimConfig, RewardConfig, make_optimizer, make_reward
 
-        key = jax.random.PRNGKey(seed + 1)
-        head = init_head(jax.random.fold_in(key, 1), cfg.hidden_size)
-        if lora is not None:
-            params = {"lora": init_lora(Transformer(cfg, lora=lora), key), "head": head}
-            self.shared = base
-        else:
-            params = {"params": jax.tree_util.tree_map(jnp.copy, base), "head": head}
-            self.shared = None
         rc = RewardConfig(lora=lora, batch_size=batch, optim=OptimConfig(learning_rate=lr))
-        opt = make_optimizer(rc.optim)
-        step, _ = make_reward_step(cfg, lora, opt, rc)
-        self.state = init_state(params, opt, seed)
-        self.step_fn = jit_step(step, None, self.state)
-        self.extra = self.shared
+        algo = make_reward(cfg, make_optimizer(rc.optim), rc)
+        self.state = algo.init(jax.random.PRNGKey(seed), base)
+        self.step_fn = jit_step(algo.step, None, self.state)
+        self.extra = base if lora is not None else None  # full fine-tuning: the step needs no base
         self.batches = bc.TrimmedSteps(arrays, batch=batch, seed=seed, steps=steps)
 
 

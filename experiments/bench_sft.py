@@ -1,4 +1,4 @@
-"""SFT throughput: TRL 1.12's ``SFTTrainer`` against our SFT step (``rlhf_jax.train.make_sft_step``,
+"""SFT throughput: TRL 1.12's ``SFTTrainer`` against our SFT step (``rlhf_jax.train.make_sft``,
 jitted once with donation exactly as ``train_sft`` does) on the SAME random Llama checkpoint
 (width 256, 4 blocks, the toy world's ~410-word vocabulary) and the SAME token sequences: 2,048
 prompt + completion examples of the toy world's SFT corpus, tokenised once by our ``encode_sft``
@@ -85,22 +85,15 @@ class OursSFT(bc.TrimmedStepRunner):
 
     def __init__(self, cfg, params, data, *, batch: int, lr: float, steps: int, lora=None, seed: int = 0):
         import jax
-        import jax.numpy as jnp
 
-        from rlhf_jax.lora import init_lora
-        from rlhf_jax.model import Transformer
         from rlhf_jax.sharding import jit_step
-        from rlhf_jax.train import OptimConfig, init_state, make_optimizer, make_sft_step
+        from rlhf_jax.train import OptimConfig, SFTConfig, make_optimizer, make_sft
 
-        model = Transformer(cfg, lora=lora)
-        trainable = (init_lora(model, jax.random.PRNGKey(seed + 1)) if lora is not None
-                     else jax.tree_util.tree_map(jnp.copy, params))
-        self.base = params if lora is not None else None
-        opt = make_optimizer(OptimConfig(learning_rate=lr))
-        step, _ = make_sft_step(model, opt)
-        self.state = init_state(trainable, opt, seed)
-        self.step_fn = jit_step(step, None, self.state)
-        self.extra = self.base
+        config = SFTConfig(lora=lora, batch_size=batch, optim=OptimConfig(learning_rate=lr))
+        algo = make_sft(cfg, make_optimizer(config.optim), config)
+        self.state = algo.init(jax.random.PRNGKey(seed), params)
+        self.step_fn = jit_step(algo.step, None, self.state)
+        self.extra = params if lora is not None else None  # full fine-tuning: the step needs no base
         self.batches = bc.TrimmedSteps(data, batch=batch, seed=seed, steps=steps)
 
 
@@ -142,12 +135,12 @@ def sft_data(world, s: Setup):
 
 def gpu_main(args, s: Setup):
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.train import SFTData
+    from rlhf_jax.train import SFTBatch
 
     cfg, peak, how, params = bc.gpu_start(args.tiny)
     b, t = s.batch, s.gpu_length
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (4 * b, t)).astype(np.int32)
-    data = SFTData(ids, np.ones_like(ids), np.ones_like(ids))
+    data = SFTBatch(ids, np.ones_like(ids), np.ones_like(ids))
     n = bc.matmul_params(cfg)
     rows = []
     runs = (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4))

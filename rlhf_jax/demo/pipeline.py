@@ -24,9 +24,9 @@ from rlhf_jax import toyworld as tw
 from rlhf_jax.demo.config import DemoConfig
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
-from rlhf_jax.train import (ModelReward, OptimConfig, PPOConfig, PPOTrainer, RewardConfig, RunConfig, SFTConfig,
-                            normalize_reward_model, raw_scores, save_reward_model, train_reward_model, train_sft)
-from rlhf_jax.feedback import BatchConfig, encode_sequences
+from rlhf_jax.scoring import ModelScorer, normalize_on_samples, save_reward_model
+from rlhf_jax.train import (OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, train_ppo, train_reward_model,
+                            train_sft)
 
 
 class Stages:
@@ -66,7 +66,7 @@ def run_sft(cfg: DemoConfig, world, out: str, stages: Stages, progress: bool):
                     SFTConfig(batch_size=cfg.sft_batch_size, max_length=cfg.max_length, eval_fraction=0.05,
                               optim=OptimConfig(learning_rate=cfg.sft_learning_rate, warmup_steps=20),
                               run=RunConfig(max_steps=cfg.sft_steps, seed=cfg.seed, out_dir=os.path.join(out, "sft"),
-                                            progress=progress, resume=False)))
+                                            progress=progress, resume="never")))
     stages.done("sft", f"loss {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}, held-out "
                        f"perplexity {res.eval.get('eval_perplexity', float('nan')):.2f}")
     return mc, res
@@ -102,15 +102,11 @@ def run_reward(cfg: DemoConfig, world, mc, sft_params, pairs, samples, out: str,
         lora=cfg.reward_lora, batch_size=cfg.reward_batch_size, max_length=cfg.max_length, eval_fraction=0.2,
         optim=OptimConfig(learning_rate=cfg.reward_learning_rate),
         run=RunConfig(max_steps=cfg.reward_steps, seed=cfg.seed, out_dir=os.path.join(out, "reward"),
-                      progress=progress, resume=False)))
+                      progress=progress, resume="never")))
     # normalise on the SFT model's own samples: mean 0, std 1
     flat_p = [p.text for p, s in zip(world.train_prompts, samples) for _ in s]
     flat_c = [c for s in samples for c in s]
-    batch, _ = encode_sequences(tok, flat_p, flat_c, config=BatchConfig(max_length=cfg.max_length))
-    score = jax.jit(lambda params, ids, m: raw_scores(mc, cfg.reward_lora, sft_params, params, ids, m))
-    raw = np.concatenate([np.asarray(score(res.reward_model.params, batch.input_ids[i:i + 64], batch.attention_mask[i:i + 64]))
-                          for i in range(0, len(batch.input_ids), 64)])
-    rm = normalize_reward_model(res.reward_model, raw)
+    rm, raw = normalize_on_samples(mc, res.reward_model, sft_params, tok, flat_p, flat_c, max_length=cfg.max_length)
     save_reward_model(os.path.join(out, "reward", "model"), rm)
     stages.done("reward", f"held-out pair accuracy {res.eval['eval_accuracy']:.3f}; normalised on "
                           f"{len(raw)} SFT samples (gain {rm.gain:.3f}, bias {rm.bias:.3f})")
@@ -135,13 +131,14 @@ def gold_scorers() -> dict:
 
 def run_ppo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, name: str, *, kl_coef: float, steps: int,
             stages: Stages, progress: bool):
-    trainer = PPOTrainer(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts],
-                         ModelReward(model_config=mc, reward_model=rm), monitors=gold_scorers(), config=PPOConfig(
-        policy_lora=cfg.policy_lora, critic_init="reward", batch_size=cfg.ppo_batch_size, mini_batch_size=cfg.ppo_batch_size // 2,
-        sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), kl_coef=kl_coef,
-        optim=OptimConfig(learning_rate=cfg.ppo_learning_rate),
-        run=RunConfig(max_steps=steps, seed=cfg.seed, out_dir=os.path.join(out, name), progress=progress, resume=False)))
-    res = trainer.train()
+    res = train_ppo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts], ModelScorer(mc, rm),
+                    PPOConfig(policy_lora=cfg.policy_lora, critic_init="reward", batch_size=cfg.ppo_batch_size,
+                              mini_batch_size=cfg.ppo_batch_size // 2,
+                              sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), kl_coef=kl_coef,
+                              optim=OptimConfig(learning_rate=cfg.ppo_learning_rate),
+                              run=RunConfig(max_steps=steps, seed=cfg.seed, out_dir=os.path.join(out, name),
+                                            progress=progress, resume="never")),
+                    monitors=gold_scorers())
     h = res.history
     stages.done(name, f"score {np.mean([r['score'] for r in h[:3]]):.3f} -> {np.mean([r['score'] for r in h[-3:]]):.3f}, "
                       f"KL {h[-1]['kl']:.3f} after {len(h)} steps")
@@ -152,15 +149,14 @@ def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, o
                    progress: bool):
     from rlhf_jax.evaluate import EvalConfig, ModelSpec, evaluate
 
-    ref = ModelSpec("sft", mc, {"params": sft_params})
-    models = [ref] + [ModelSpec(name, mc, {"params": sft_params, "lora": lora}, lora=cfg.policy_lora)
-                      for name, lora in policies.items()]
+    ref = ModelSpec("sft", mc, sft_params)
+    models = [ref] + [ModelSpec(name, mc, sft_params, adapter) for name, adapter in policies.items()]
     prompts = [p.text for p in world.held_out_prompts[: cfg.eval_prompts]]
     report = evaluate(models, reference=ref, tokenizer=world.tokenizer, prompts=prompts,
                       config=EvalConfig(sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
                                         samples_per_prompt=cfg.eval_samples, seed=cfg.seed + 7, progress=progress),
-                      reward=ModelReward(model_config=mc, reward_model=rm), toxicity=world.toxicity.prob_toxic,
-                      scorers=gold_scorers())
+                      reward=ModelScorer(mc, rm), toxicity=world.toxicity.prob_toxic,
+                      scorers=gold_scorers(), on_topic=tw.on_topic_scores, groups=tw.prompt_family)
     edir = os.path.join(out, "eval")
     os.makedirs(edir, exist_ok=True)
     report.to_json(os.path.join(edir, "eval.json"))
@@ -220,8 +216,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
                             {"ppo": ppo.state.params["policy"], "ppo_no_kl": hack.state.params["policy"]},
                             out, stages, progress)
     save_hf_folder(os.path.join(out, "export", "sft"), mc, sft.params, tokenizer=world.tokenizer)
+    policy = ppo.state.params["policy"]
     save_hf_folder(os.path.join(out, "export", "ppo_policy"), mc, sft.params, tokenizer=world.tokenizer,
-                   lora=ppo.state.params["policy"], lora_config=cfg.policy_lora)
+                   lora=policy.tree, lora_config=policy.config)
     stages.done("export", f"Hugging Face folders in {out}/export (sft, ppo_policy merged)")
     summary = write_report(out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
                            validation=val_report, rm_res=rm_res, rm=rm, ppo=ppo, hack=hack, report=report)

@@ -5,7 +5,10 @@ consensus, or that involves a completion flagged by the consensus, is dropped an
 ``pairs + tied_pairs + flagged_pairs == n(n-1)/2`` for every prompt.
 
 The output is a `datasets.Dataset` with columns ``prompt_id, prompt, chosen, rejected,
-agreement, margin`` (see `rlhf_jax.feedback.storage.PAIR_FEATURES`).
+agreement, margin`` (see `rlhf_jax.feedback.storage.PAIR_FEATURES`). When the prompts are message
+lists the pairs are in TRL's conversational preference format: ``prompt`` is the message list and
+``chosen`` / ``rejected`` are ``[{"role": "assistant", "content": completion}]``
+(`rlhf_jax.feedback.storage.features_for`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Sequence
 import datasets
 
 from rlhf_jax.feedback.consensus import ConsensusConfig, ConsensusResult, build_consensus
-from rlhf_jax.feedback.records import BinaryFeedback, PairRecord, RankedFeedback
+from rlhf_jax.feedback.records import BinaryFeedback, Message, PairRecord, Prompt, RankedFeedback
 from rlhf_jax.feedback.storage import records_to_dataset
 
 
@@ -89,6 +92,10 @@ class PairsReport:
     """Pairs dropped because chosen and rejected are the same text (a model sampled it twice and
     the labelers ranked the copies apart): no preference can be learned from them."""
 
+    margins_clipped: int = 0
+    """Pairs kept with ``margin`` 0 although the labelers' mean rank gap was negative (Copeland
+    can prefer a completion that a minority ranks far below: see `feedback_to_pairs`)."""
+
     def summary(self) -> str:
         """One line per non-zero count."""
         items = [(k, v) for k, v in self.__dict__.items() if v]
@@ -96,10 +103,17 @@ class PairsReport:
                          for k, v in items) or "prompts: 0"
 
 
+def reply(prompt: Prompt, completion: str) -> str | tuple[Message, ...]:
+    """A completion in the form its prompt asks: the text, or one assistant message."""
+    if isinstance(prompt, str):
+        return completion
+    return (Message(role="assistant", content=completion),)
+
+
 def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, PairsReport]:
     """Pairs from an already built consensus; see `feedback_to_pairs`."""
     rows: list[PairRecord] = []
-    tied = flagged_pairs = flagged = empty = identical = 0
+    tied = flagged_pairs = flagged = empty = identical = clipped = 0
     for pc in result.prompts:
         rp = ranking_to_pairs(pc.ranks)
         tied += rp.tied_pairs
@@ -112,16 +126,20 @@ def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, Pairs
                 identical += 1
                 continue
             gaps = [v[r] - v[c] for v in pc.labeler_ranks]  # type: ignore[operator]
+            margin = sum(gaps) / n_lab
+            clipped += margin < 0
             rows.append(PairRecord(
-                prompt_id=pc.prompt_id, prompt=pc.prompt, chosen=pc.completions[c],
-                rejected=pc.completions[r], agreement=sum(g > 0 for g in gaps) / n_lab,
-                margin=sum(gaps) / n_lab))
+                prompt_id=pc.prompt_id, prompt=pc.prompt,
+                chosen=reply(pc.prompt, pc.completions[c]),
+                rejected=reply(pc.prompt, pc.completions[r]),
+                agreement=sum(g > 0 for g in gaps) / n_lab, margin=max(margin, 0.0)))
     report = PairsReport(
         prompts=len(result.prompts) + len(result.prompts_without_labelers), pairs=len(rows),
         tied_pairs=tied, flagged_pairs=flagged_pairs, flagged_completions=flagged,
         prompts_without_pairs=empty + len(result.prompts_without_labelers),
         excluded_labelers=result.excluded_labelers,
-        prompts_without_labelers=len(result.prompts_without_labelers), identical_pairs=identical)
+        prompts_without_labelers=len(result.prompts_without_labelers), identical_pairs=identical,
+        margins_clipped=clipped)
     return records_to_dataset(rows), report
 
 
@@ -135,8 +153,13 @@ def feedback_to_pairs(records: Sequence[RankedFeedback], *,
 
     Columns: ``agreement`` is the fraction of the prompt's (non-excluded) labelers who ranked
     chosen strictly above rejected; ``margin`` is the mean over those labelers of
-    rank(rejected) - rank(chosen) in fractional ranks (positive; for Borda it is the gap of the
-    consensus scores, for Copeland it can be <= 0 only under a majority cycle).
+    rank(rejected) - rank(chosen) in fractional ranks. For Borda it is the gap of the consensus
+    scores, so it is positive. Copeland counts majorities, not gaps, so a mean gap can be
+    negative (two labelers put a one place above b, a third puts b three places above a:
+    a beats b, mean gap (1 + 1 - 3) / 3 < 0); such a margin is set to 0, the preference's
+    least strength, and counted in ``margins_clipped`` (a pair's margin is never negative).
+
+    Message-list prompts give conversational pairs (module docstring).
     """
     return consensus_to_pairs(build_consensus(records, config=config))
 
@@ -152,8 +175,8 @@ def binary_to_pairs(records: Sequence[BinaryFeedback]) -> tuple[datasets.Dataset
     Columns: ``agreement`` is the fraction of the votes on the two completions that agree with
     the pair (ups on chosen plus downs on rejected, over all their votes); ``margin`` is None.
     """
-    groups: dict[str, dict[str, collections.Counter]] = {}
-    prompts: dict[str, tuple[str, str | None]] = {}
+    groups: dict[Prompt, dict[str, collections.Counter]] = {}
+    prompts: dict[Prompt, tuple[Prompt, str | None]] = {}
     for rec in records:
         key = rec.prompt_id if rec.prompt_id is not None else rec.prompt
         prompts.setdefault(key, (rec.prompt, rec.prompt_id))
@@ -171,8 +194,8 @@ def binary_to_pairs(records: Sequence[BinaryFeedback]) -> tuple[datasets.Dataset
             for r in downs:
                 vc, vr = votes[c], votes[r]
                 agree = (vc["up"] + vr["down"]) / (sum(vc.values()) + sum(vr.values()))
-                rows.append(PairRecord(prompt_id=prompt_id, prompt=prompt, chosen=c,
-                                       rejected=r, agreement=agree, margin=None))
+                rows.append(PairRecord(prompt_id=prompt_id, prompt=prompt, chosen=reply(prompt, c),
+                                       rejected=reply(prompt, r), agreement=agree, margin=None))
     report = PairsReport(prompts=len(groups), pairs=len(rows), tied_votes=tied_votes,
                          prompts_without_pairs=empty)
     return records_to_dataset(rows), report

@@ -23,7 +23,7 @@ from rlhf_jax.losses.kl_control import (
     adaptive_kl_controller,
     fixed_kl_controller,
 )
-from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprob, token_logprobs
+from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
 from rlhf_jax.losses.masked import (
     Aggregation,
     masked_aggregate,
@@ -34,7 +34,8 @@ from rlhf_jax.losses.masked import (
     masked_var,
     masked_whiten,
 )
-from rlhf_jax.losses.ppo import entropy_loss, ppo_policy_loss, ppo_value_loss
+from rlhf_jax.losses.ppo import entropy_loss, ppo_loss, ppo_policy_loss, ppo_value_loss
+from rlhf_jax.losses.shaping import kl_shaped_rewards, last_token_onehot
 from rlhf_jax.losses.reward import best_of_k_loss, bradley_terry_loss, ranking_loss
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     # log-probs
     "token_logprobs",
     "entropy_from_logits",
-    "sequence_logprob",
+    "sequence_logprobs",
     # the same from hidden states + LM head, over sequence chunks (no [B, T, V] logits)
     "chunked_token_logprobs",
     "chunked_entropy",
@@ -68,6 +69,10 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "entropy_loss",
+    "ppo_loss",
+    # per-token rewards
+    "kl_shaped_rewards",
+    "last_token_onehot",
     # reward model
     "bradley_terry_loss",
     "ranking_loss",

@@ -6,6 +6,7 @@ one scalar per sequence.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, Shaped
@@ -51,6 +52,10 @@ def bradley_terry_loss(
       un-weighted second term), ``accuracy`` (fraction with ``r_c > r_r``; ties count as wrong),
       ``margin`` (mean of ``r_c - r_r``), ``chosen_mean``, ``rejected_mean``.
     """
+    chex.assert_rank([r_chosen, r_rejected], 1)
+    chex.assert_equal_shape([r_chosen, r_rejected] + ([] if mask is None else [mask]))
+    if margin is not None and jnp.ndim(margin):
+        chex.assert_equal_shape([r_chosen, margin])
     rc, rr = as_float(r_chosen), as_float(r_rejected)
     if mask is None:
         mask = _all_true(rc)
@@ -96,6 +101,8 @@ def ranking_loss(
       ``(loss, metrics)`` with metrics ``accuracy`` (fraction of all ordered pairs scored in the
       right order, ties in score count as wrong) and ``num_pairs`` (total ordered pairs).
     """
+    chex.assert_rank(scores, 2)
+    chex.assert_equal_shape([scores, ranks] + ([] if valid is None else [valid]))
     s = as_float(scores)
     if valid is None:
         valid = _all_true(s)
@@ -138,6 +145,10 @@ def best_of_k_loss(
       ``(loss, metrics)`` with metrics ``accuracy`` (fraction of prompts whose top-scored valid
       completion is the chosen one).
     """
+    chex.assert_rank([scores, best_index], [2, 1])
+    chex.assert_equal_shape_prefix([scores, best_index], 1)
+    if valid is not None:
+        chex.assert_equal_shape([scores, valid])
     s = as_float(scores)
     if valid is None:
         valid = _all_true(s)

@@ -223,12 +223,32 @@ def load_pretrained(path: str, *, dtype: str = "float32", tokenizer: bool = True
     return Pretrained(config, params, tok)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tiktoken.model")
+"""Files holding a tokenizer's vocabulary; a folder needs at least one (``tokenizer.json`` being
+what ``save_pretrained`` writes for fast tokenizers; ``vocab.json`` goes with ``merges.txt``)."""
+
+
 def load_tokenizer(path: str):
-    """A ``transformers`` tokenizer from local files only."""
+    """A ``transformers`` tokenizer from local files only.
+
+    Raises:
+      CheckpointError: the folder holds no tokenizer files (``transformers`` would otherwise build
+        an empty one-token tokenizer and nothing would complain), or they cannot be loaded.
+    """
     from transformers import AutoTokenizer
 
     _check_folder(path)
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{path}: no tokenizer files: expected tokenizer.json (with tokenizer_config.json), or a vocabulary "
+            "such as vocab.json + merges.txt or tokenizer.model; save the tokenizer into the folder "
+            "(tokenizer.save_pretrained(folder)), or load the model with tokenizer=False and pass a tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers raises several types for missing files
         raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
+    if len(tok) < 2:
+        raise CheckpointError(f"{path}: the tokenizer files load into a tokenizer of {len(tok)} token(s); check "
+                              "tokenizer.json / the vocabulary files")
+    return tok

@@ -1,23 +1,30 @@
-"""Supervised fine-tuning: causal-LM loss on the completion tokens only (prompt tokens masked),
-full fine-tuning or LoRA; ends by handing back the base for RLHF (the adapter merged in)."""
+"""Supervised fine-tuning: the causal-LM loss on the completion tokens only (prompt tokens masked),
+a LoRA adapter or full fine-tuning; :func:`train_sft` ends by handing back the base for RLHF
+(the adapter merged in)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int
 
+from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
 from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
-from rlhf_jax.lora import LoraConfig, init_lora, merge_lora
+from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
 from rlhf_jax.losses import masked_mean, token_logprobs
 from rlhf_jax.model import ModelConfig, Transformer
-from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
-from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
-from rlhf_jax.train.state import (OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer,
-                                  trim_padding)
+from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
+from rlhf_jax.train.batching import batch_indices, check_context, trim_padding
+from rlhf_jax.train.fit import FitContext, fit
+from rlhf_jax.train.optim import OptimConfig, guarded_update
+from rlhf_jax.train.run import RunConfig
+from rlhf_jax.train.state import TrainState
+from rlhf_jax.train.trainable import init_trainable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,30 +52,44 @@ class SFTConfig:
     run: RunConfig = RunConfig()
     """Steps, seed, logging, checkpoints."""
 
+    def __post_init__(self):
+        at_least(self, "batch_size", 1, integer=True)
+        at_least(self, "max_length", 2, integer=True)
+        at_least(self, "pad_multiple", 0, integer=True)
+        in_range(self, "eval_fraction", 0, 1, high_open=True)
+        at_least(self, "eval_every", 0, integer=True)
 
-class SFTData(NamedTuple):
-    """Tokenised SFT examples, left padded: ``loss_mask`` marks the completion (+ EOS) tokens."""
+class SFTBatch(NamedTuple):
+    """Tokenised SFT rows (host NumPy or device arrays): ``loss_mask`` marks the tokens that are
+    predicted (the completion, its EOS). Packed rows also carry ``segment_ids`` and ``positions``
+    (several examples per row, see :class:`rlhf_jax.model.Transformer`)."""
 
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    loss_mask: np.ndarray
+    input_ids: Int[Array, "B T"]
+    attention_mask: Int[Array, "B T"]
+    loss_mask: Int[Array, "B T"]
+    segment_ids: Int[Array, "B T"] | None = None
+    positions: Int[Array, "B T"] | None = None
 
 
 class SFTResult(NamedTuple):
     params: dict
     """The new base: full weights, with the adapter merged in when LoRA was used."""
-    lora: dict | None
-    """The trained adapter (before merging), if any."""
+    lora: Any
+    """The trained :class:`rlhf_jax.lora.Adapter` (before merging), or ``None``."""
+    state: TrainState
+    """The final training state."""
     history: list[dict]
     """Per-step metrics."""
     eval: dict
     """Final held-out ``eval_loss`` and ``eval_perplexity``."""
     skipped_examples: int
     """Examples that did not fit ``max_length`` (never silently dropped)."""
+    stop_reason: str
+    """Why the loop stopped."""
 
 
 def encode_sft(tokenizer, prompts: Sequence[str], completions: Sequence[str], *, max_length: int,
-               append_eos: bool = True) -> tuple[SFTData, Any]:
+               append_eos: bool = True) -> tuple[SFTBatch, Any]:
     """Tokenise ``prompt + completion (+ eos)``, left padded; the loss mask covers the completion
     (and the EOS). Returns the data and the :class:`rlhf_jax.feedback.BatchReport` of what was
     truncated or skipped."""
@@ -80,7 +101,7 @@ def encode_sft(tokenizer, prompts: Sequence[str], completions: Sequence[str], *,
     t = np.arange(batch.input_ids.shape[1])[None]
     last = batch.last_token_index[:, None]
     loss_mask = ((t > last - clen[:, None]) & (t <= last)).astype(np.int32)
-    return SFTData(batch.input_ids, batch.attention_mask, loss_mask), report
+    return SFTBatch(batch.input_ids, batch.attention_mask, loss_mask), report
 
 
 def lm_loss(logits, input_ids, loss_mask):
@@ -91,91 +112,104 @@ def lm_loss(logits, input_ids, loss_mask):
     return nll, {"loss": nll, "tokens": jnp.sum(mask)}
 
 
-def make_sft_step(model: Transformer, optimizer):
-    """Unjitted ``step(state, batch, base) -> (state, metrics)`` and ``evaluate(trainable, batch,
-    base) -> (nll sum, token count)``. With a ``base`` tree the trainable tree is a LoRA adapter
-    over it; with ``base=None`` the trainable tree is the full parameter tree. The base is an
-    argument (never a closed-over constant), so jit compiles it as an input buffer."""
+def _logits(model_config: ModelConfig, trainable, base, batch: SFTBatch, *, key=None):
+    model = Transformer(model_config, lora=lora_config_of(trainable))
+    kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
+    return model.apply(model_variables(base, trainable), batch.input_ids, attention_mask=batch.attention_mask,
+                       segment_ids=batch.segment_ids, positions=batch.positions, **kw).logits
 
-    def variables(trainable, base):
-        return {"params": trainable} if base is None else {"params": base, "lora": trainable}
 
-    def loss_fn(trainable, batch, key, base):
-        logits = model.apply(variables(trainable, base), batch.input_ids, attention_mask=batch.attention_mask,
-                             deterministic=False, rngs={"dropout": key}).logits
-        return lm_loss(logits, batch.input_ids, batch.loss_mask)
+def make_sft(model_config: ModelConfig, optimizer, config: SFTConfig) -> Algorithm:
+    """SFT as an ``(init, step)`` pair.
 
-    def step(state: TrainState, batch: SFTData, base=None):
+    - ``init(key, base) -> TrainState``: ``params`` is a fresh adapter (``config.lora``) or a copy
+      of ``base`` (full fine-tuning).
+    - ``step(state, base, batch: SFTBatch) -> (state, metrics)``: one update of the token-mean
+      NLL over ``loss_mask``; metrics ``loss``, ``tokens``, ``skipped`` (cumulative), ``updates``.
+    """
+
+    def init(key, base) -> TrainState:
+        k_params, k_run = jax.random.split(key)
+        params = init_trainable(model_config, base, config.lora, k_params)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), k_run, jnp.zeros((), jnp.int32))
+
+    def loss_fn(trainable, base, batch, key):
+        return lm_loss(_logits(model_config, trainable, base, batch, key=key), batch.input_ids, batch.loss_mask)
+
+    def step(state: TrainState, base, batch: SFTBatch):
         key = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, base)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, base, batch, key)
         params, opt_state, skipped = guarded_update(state.params, state.opt_state, grads, loss, optimizer)
-        metrics = dict(metrics, skipped=state.skipped + skipped)
-        return TrainState(state.step + 1, params, opt_state, state.rng, state.skipped + skipped), metrics
+        skipped = state.skipped + skipped
+        return TrainState(state.step + 1, params, opt_state, state.rng, skipped), dict(metrics, skipped=skipped,
+                                                                                        updates=1)
 
-    def evaluate(trainable, batch: SFTData, base=None):
-        logits = model.apply(variables(trainable, base), batch.input_ids, attention_mask=batch.attention_mask).logits
-        logp = token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
-        mask = batch.loss_mask[:, 1:]
-        return jnp.sum(-logp * mask), jnp.sum(mask)
-
-    return step, evaluate
+    return Algorithm(init, step)
 
 
-def _rows(data: SFTData, idx, pad_multiple: int = 0) -> SFTData:
-    rows = trim_padding(SFTData(*(x[idx] for x in data)), multiple=pad_multiple)
-    return SFTData(*(jnp.asarray(x) for x in rows))
+def sft_eval_sums(model_config: ModelConfig, trainable, base, batch: SFTBatch):
+    """``(sum of NLL over loss_mask, token count)`` of one batch, no dropout: the pieces of a
+    held-out token-mean loss over many batches."""
+    logits = _logits(model_config, trainable, base, batch)
+    logp = token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
+    mask = batch.loss_mask[:, 1:]
+    return jnp.sum(-logp * mask), jnp.sum(mask)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_eval(model_config: ModelConfig):
+    return jax.jit(functools.partial(sft_eval_sums, model_config))  # one compilation per model config
+
+
+def rows(data: SFTBatch, idx, pad_multiple: int = 0) -> SFTBatch:
+    """The rows ``idx`` of host data, cut to their longest sequence (see :func:`trim_padding`)."""
+    picked = SFTBatch(*(None if x is None else x[idx] for x in data))
+    present = {k: v for k, v in picked._asdict().items() if v is not None}
+    return SFTBatch(**trim_padding(present, multiple=pad_multiple))
+
+
+def split_held_out(data: SFTBatch, fraction: float, seed: int) -> tuple[SFTBatch, SFTBatch]:
+    """``(train, held-out)``: a seeded random ``fraction`` of the rows held out."""
+    n = data.input_ids.shape[0]
+    n_eval = int(round(n * fraction))
+    order = np.random.default_rng(seed).permutation(n)
+    pick = lambda idx: SFTBatch(*(None if x is None else x[idx] for x in data))
+    return pick(order[n_eval:]), pick(order[:n_eval])
 
 
 def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Sequence[str],
               completions: Sequence[str], config: SFTConfig) -> SFTResult:
-    """Fine-tune ``params`` on ``prompt -> completion`` pairs; see :class:`SFTConfig`."""
+    """Fine-tune ``params`` on ``prompt -> completion`` pairs (see :class:`SFTConfig`) with
+    :func:`make_sft` run by :func:`rlhf_jax.train.fit`."""
+    check_context(model_config, who="sft", max_length=config.max_length)
     data, report = encode_sft(tokenizer, prompts, completions, max_length=config.max_length,
                               append_eos=config.append_eos)
-    n = data.input_ids.shape[0]
-    n_eval = int(round(n * config.eval_fraction))
-    order = np.random.default_rng(config.run.seed).permutation(n)
-    train = SFTData(*(x[order[n_eval:]] for x in data))
-    held = SFTData(*(x[order[:n_eval]] for x in data))
+    train, held = split_held_out(data, config.eval_fraction, config.run.seed)
+    n_train, n_eval = train.input_ids.shape[0], held.input_ids.shape[0]
+    if n_train < config.batch_size:
+        raise ValueError(f"SFT: {n_train} training examples (after {report.skipped} skipped and {n_eval} held out) "
+                         f"are fewer than batch_size {config.batch_size}; lower batch_size or add data")
+    algo = cached_algorithm(make_sft, model_config, config)
+    state = algo.init(jax.random.PRNGKey(config.run.seed), params)
+    eval_sums = _jitted_eval(model_config)
 
-    use_lora = config.lora is not None
-    model = Transformer(model_config, lora=config.lora)
-    # full fine-tuning trains a copy: the step donates its state, the caller keeps ``params``
-    trainable = (init_lora(model, jax.random.PRNGKey(config.run.seed + 1)) if use_lora
-                 else jax.tree_util.tree_map(jnp.copy, params))
-    mesh = None if config.run.mesh is None else make_mesh(config.run.mesh)
-    base = shard_params(params, mesh) if use_lora else None
-    optimizer = make_optimizer(config.optim)
-    step_fn, eval_fn = make_sft_step(model, optimizer)
-    state = shard_params(init_state(trainable, optimizer, config.run.seed), mesh)
-    step_fn = jit_step(step_fn, mesh, state)
-    eval_fn = jax.jit(eval_fn)
+    def batches(step: int, ctx: FitContext):
+        idx = batch_indices(step, n_train, config.batch_size, config.run.seed)
+        return rows(train, idx, config.pad_multiple), {}
 
-    ckpt = Checkpoints(config.run)
-    state, start = ckpt.resume(state)
-    logger = MetricsLogger(config.run, name="sft", keys=("loss", "eval_loss"), total=config.run.max_steps,
-                           initial=start)
-
-    def evaluate(trainable):
+    def evaluate(ctx: FitContext) -> dict:
         if n_eval == 0:
             return {}
         tot, cnt = 0.0, 0.0
         for i in range(0, n_eval, config.batch_size):
-            s, c = eval_fn(trainable, _rows(held, slice(i, i + config.batch_size), config.pad_multiple), base)
+            s, c = eval_sums(ctx.state.params, ctx.base, rows(held, slice(i, i + config.batch_size), config.pad_multiple))
             tot, cnt = tot + float(s), cnt + float(c)
         loss = tot / max(cnt, 1.0)
         return {"eval_loss": loss, "eval_perplexity": float(np.exp(loss))}
 
-    for step in range(start, config.run.max_steps):
-        idx = batch_indices(step, train.input_ids.shape[0], config.batch_size, config.run.seed)
-        state, metrics = step_fn(state, shard_batch(_rows(train, idx, config.pad_multiple), mesh), base)
-        if config.eval_every and (step + 1) % config.eval_every == 0:
-            metrics = dict(metrics, **evaluate(state.params))
-        logger.log(step, metrics)
-        ckpt.maybe_save(step + 1, state)
-    final_eval = evaluate(state.params)
-    if final_eval and logger.history:
-        logger.history[-1].update(final_eval)
-    logger.close(plot_keys=("loss", "eval_loss"))
-    ckpt.close()
-    new_base = merge_lora(params, state.params, scale=config.lora.scale) if use_lora else state.params
-    return SFTResult(new_base, state.params if use_lora else None, logger.history, final_eval, report.skipped)
+    res = fit(algo.step, state, params, batches, run=config.run, name="sft", log_keys=("loss", "eval_loss"),
+              evaluate=evaluate, eval_every=config.eval_every, record={"config": config, "data": data})
+    final_eval = res.final_eval
+    trained = res.state.params
+    return SFTResult(merged_params(params, trained), trained if config.lora is not None else None, res.state,
+                     res.history, final_eval, report.skipped, res.stop_reason)

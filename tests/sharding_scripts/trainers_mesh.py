@@ -1,4 +1,4 @@
-"""The trainers themselves (train_sft, train_reward_model, PPOTrainer) with
+"""The trainers themselves (train_sft, train_reward_model, train_ppo) with
 ``RunConfig(mesh=MeshConfig(data=2, fsdp=2, tensor=2))`` against one device. Writes JSON to argv[1]."""
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.rollout import SamplingConfig
 from rlhf_jax.sharding import MeshConfig
-from rlhf_jax.train import (OptimConfig, PPOConfig, PPOTrainer, RewardConfig, RunConfig, SFTConfig, TextReward,
-                            train_reward_model, train_sft)
+from rlhf_jax.train import (OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, train_ppo, train_reward_model,
+                            train_sft)
 from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
 
 
@@ -37,15 +37,15 @@ pairs = [{"prompt": P[i], "chosen": C[i], "rejected": C[(i + 1) % 40]} for i in 
 r = [train_reward_model(cfg, base, tok, pairs, RewardConfig(lora=LoraConfig(rank=4, alpha=8.0), batch_size=8,
                                                             optim=optim, run=run(m))) for m in (None, MESH)]
 out["reward"] = {"loss": [[h["loss"] for h in x.history] for x in r],
-                 "param_diff": max_diff(r[0].reward_model.params, r[1].reward_model.params)}
-target = TextReward(fn=lambda p, c: [x.split().count("w7") / 8 for x in c])
+                 "param_diff": max_diff(r[0].reward_model, r[1].reward_model)}
+target = lambda p, c: [x.split().count("w7") / 8 for x in c]
 pc = lambda m: PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, critic_init="zero",
                          sampling=SamplingConfig(max_new_tokens=6), policy_lora=LoraConfig(rank=4, alpha=8.0),
                          critic_lora=LoraConfig(rank=4, alpha=8.0), optim=optim, run=run(m, 2))
-res = [PPOTrainer(cfg, base, tok, tiny_prompts(), target, pc(m)).train() for m in (None, MESH)]
+res = [train_ppo(cfg, base, tok, tiny_prompts(), target, pc(m)) for m in (None, MESH)]
 out["ppo"] = {k: [[h[k] for h in x.history] for x in res] for k in ("score", "kl", "loss", "value_loss")}
 out["ppo"]["param_diff"] = max_diff(res[0].state.params, res[1].state.params)
-out["ppo"]["b_spec"] = [str(s) for s in res[1].state.params["policy"]["layers"]["attn"]["q_proj"]["b"].sharding.spec]
+out["ppo"]["b_spec"] = [str(s) for s in res[1].state.params["policy"].tree["layers"]["attn"]["q_proj"]["b"].sharding.spec]
 out["devices"] = jax.device_count()
 with open(sys.argv[1], "w") as f:
     json.dump(out, f)

@@ -1,0 +1,153 @@
+"""Running PPO on prompt texts: :func:`train_ppo` prepares the prompts, samples rollouts with the
+jitted sampler, scores them with a scorer, and hands ``PPOBatch``es to :func:`rlhf_jax.train.fit`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.lora import lora_config_of, model_variables
+from rlhf_jax.model import ModelConfig
+from rlhf_jax.rollout import (EncodedPrompts, Rollout, Sampler, SamplingConfig, cached_sampler, decode_responses,
+                              encode_prompts)
+from rlhf_jax.scoring import Completions, Scorer, as_scorer, critic_from_reward
+from rlhf_jax.sharding import shard_batch
+from rlhf_jax.train.batching import batch_indices, check_context
+from rlhf_jax.train.fit import FitContext, fit
+from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
+from rlhf_jax.train.ppo.algorithm import PPOState, make_ppo
+from rlhf_jax.train.ppo.config import PPOConfig
+from rlhf_jax.train.ppo.experience import PPOBatch
+
+Monitor = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
+
+
+class PPOResult(NamedTuple):
+    state: PPOState
+    history: list[dict]
+    stop_reason: str
+
+
+def resolve_sampling(sampling: SamplingConfig, tokenizer) -> SamplingConfig:
+    """``sampling`` with the tokenizer's pad id when it names none."""
+    if sampling.pad_id is not None:
+        return sampling
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (often the EOS token) first")
+    return dataclasses.replace(sampling, pad_id=int(tokenizer.pad_token_id))
+
+
+def threshold_stop(config: PPOConfig, key: str = "score"):
+    """``history -> reason`` once the mean ``key`` over the last ``threshold_window`` steps reaches
+    ``reward_threshold`` (``None`` when no threshold is set)."""
+    if config.reward_threshold is None:
+        return None
+
+    def stop(history):
+        if len(history) < config.threshold_window:
+            return None
+        recent = float(np.mean([r[key] for r in history[-config.threshold_window:]]))
+        return f"reward_threshold ({recent:.3f} >= {config.reward_threshold})" if recent >= config.reward_threshold \
+            else None
+
+    return stop
+
+
+class PPORun(NamedTuple):
+    """Everything :func:`train_ppo` hands to :func:`rlhf_jax.train.fit` (use it to drive PPO from
+    your own loop, or to time its parts)."""
+
+    algorithm: Algorithm
+    """The ``(init, step)`` pair (built once per setup: the step compiles once per process)."""
+    state: PPOState
+    """The initial state (policy = reference; critic from the reward model or fresh)."""
+    batches: Callable[[int, FitContext], tuple[PPOBatch, dict]]
+    """``(step, ctx) -> (PPOBatch, host metrics)``: generation with ``sampler`` on step ``step``'s
+    prompts, scoring, monitors."""
+    prompts: EncodedPrompts
+    """The prompts, tokenised and left padded once."""
+    sampler: Sampler
+    """The policy's jitted sampler."""
+
+
+def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[Any], reward: Scorer | Any,
+                config: PPOConfig, *, monitors: dict[str, Monitor] | None = None) -> PPORun:
+    """The pieces of a PPO run (see :func:`train_ppo` for the arguments)."""
+    prompts = list(prompts)
+    scorer = as_scorer(reward, model_config)
+    sampling = resolve_sampling(config.sampling, tokenizer)
+    check_context(model_config, who="ppo", prompt_length=config.max_prompt_length, new_tokens=sampling.max_new_tokens)
+    limit = config.max_prompt_length or (model_config.max_position_embeddings - sampling.max_new_tokens)
+    encoded = encode_prompts(tokenizer, prompts, limit=limit, pad_id=sampling.pad_id, who="ppo")
+    if encoded.truncated:
+        print(f"ppo: {encoded.truncated} prompts longer than {limit} tokens keep their last {limit}", file=sys.stderr)
+    n = encoded.batch.tokens.shape[0]
+    if n < config.batch_size:
+        raise ValueError(f"ppo: {n} prompts are fewer than batch_size {config.batch_size}; lower batch_size")
+    algo = cached_algorithm(make_ppo, model_config, config)
+    critic = None
+    if config.critic_init == "reward":
+        rm = getattr(scorer, "reward_model", None)
+        if rm is None:
+            raise ValueError("critic_init='reward' needs a reward model (a RewardModel or ModelScorer reward); "
+                             "use critic_init='zero' with a reward function")
+        critic = critic_from_reward(rm, base, full=config.critic_lora is None)
+    state = algo.init(jax.random.PRNGKey(config.run.seed), base, critic=critic)
+    sampler = cached_sampler(model_config, lora_config_of(state.params["policy"]), sampling)
+    monitors = dict(monitors or {})
+
+    def batches(step: int, ctx: FitContext):
+        idx = batch_indices(step, n, config.batch_size, config.run.seed)
+        rng = jax.random.fold_in(jax.random.fold_in(ctx.state.rng, step), 0)
+        tokens, mask = shard_batch((encoded.batch.tokens[idx], encoded.batch.mask[idx]), ctx.mesh)
+        ro: Rollout = sampler(model_variables(ctx.base, ctx.state.params["policy"]), tokens, mask, rng)
+        texts = decode_responses(tokenizer, ro.response_tokens, ro.response_mask, skip_special_tokens=True)
+        batch_prompts = [prompts[i] for i in idx]
+        scores, parts = scorer.score_and_parts(Completions(batch_prompts, texts, ro.tokens, ro.attention_mask),
+                                               ctx.base)
+        extra = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
+        if monitors:
+            shown = decode_responses(tokenizer, ro.response_tokens, ro.response_mask, skip_special_tokens=False)
+            extra.update({k: float(np.mean(fn(batch_prompts, shown))) for k, fn in monitors.items()})
+        return PPOBatch(ro, jnp.asarray(scores, jnp.float32)), extra
+
+    return PPORun(algo, state, batches, encoded, sampler)
+
+
+def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[Any], reward: Scorer | Any,
+              config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
+              callback: Callable[[int, dict], None] | None = None) -> PPOResult:
+    """Run PPO (see :func:`rlhf_jax.train.ppo.make_ppo`) on ``prompts``.
+
+    Args:
+      model_config: the base's config.
+      base: the frozen base parameters (the SFT model, any SFT adapter merged in): the reference,
+        never modified (a fully fine-tuned policy or critic trains a copy of it).
+      tokenizer: a ``transformers`` tokenizer with a pad token.
+      prompts: prompt texts (render chat templates first).
+      reward: a :class:`rlhf_jax.scoring.Scorer`, a :class:`rlhf_jax.scoring.RewardModel` (scored
+        on the shared base), or a Python ``fn(prompts, completions) -> scores``.
+      config: the :class:`PPOConfig`; ``critic_init="reward"`` needs a reward model.
+      monitors: ``{name: fn(prompts, completions) -> floats}`` scored on each step's decoded
+        rollouts (special tokens kept) and logged as ``name`` (their mean): watch a held-back
+        judge (a gold rubric) while optimising the proxy. Never used in the loss.
+      callback: ``(step, metrics row) -> None`` after each step.
+    """
+    run = prepare_ppo(model_config, base, tokenizer, prompts, reward, config, monitors=monitors)
+    stop = threshold_stop(config)
+
+    def stop_and_callback(history):
+        if callback is not None:
+            callback(history[-1]["step"], history[-1])
+        return None if stop is None else stop(history)
+
+    res = fit(run.algorithm.step, run.state, base, run.batches, run=config.run, name="ppo",
+              log_keys=("score", "kl", "beta"),
+              plot_keys=("score", "kl", "reward_total", "entropy", "response_length", "beta"),
+              stop=stop_and_callback, record={"config": config, "data": run.prompts.batch.tokens})
+    return PPOResult(res.state, res.history, res.stop_reason)
