@@ -2,8 +2,9 @@
 compiled ahead of time from abstract arrays on this CPU (nothing is allocated: parameters, adapters,
 optimizer state and batches are ``jax.ShapeDtypeStruct``s).
 
-For each row the step is built (one small function per algorithm below: ``build_sft``,
-``build_reward``, ``build_ppo``), lowered with ``jax.jit(step, donate_argnums=0)`` and compiled;
+For each row the library's own step is built (``make_sft``, ``make_reward``, ``make_ppo`` from
+``rlhf_jax.train``, their ``init`` traced with ``jax.eval_shape``), lowered with
+``rlhf_jax.sharding.jit_step(step, mesh, state)`` (the state donated) and compiled;
 the row prints XLA's ``memory_analysis()`` -- arguments (base + trainable state + batch), outputs,
 temporaries -- the bytes one device needs at the peak (arguments + temporaries + outputs not aliased
 to a donated argument), and the compile time. Mesh rows compile the same step on an 8-device CPU mesh
@@ -13,10 +14,14 @@ their figures are per device.
 Model shapes (public configs): Qwen2.5-0.5B (V 151936, D 896, 24 layers, 14/2 heads, F 4864, q/k/v
 bias, tied), Qwen2.5-7B (V 152064, D 3584, 28 layers, 28/4 heads, F 18944, q/k/v bias), Llama-3.1-8B
 (V 128256, D 4096, 32 layers, 32/8 heads, F 14336, rope scaling x8). bfloat16 base, LoRA rank 16
-on every linear layer, AdamW in float32 (gradient clipping 1.0). "now" rows use the library's scale
-options (layer scan, ``remat="block"``, chunked attention above 512 queries, log-probs from hidden
-states in chunks of 128 positions: ``rlhf_jax.losses.chunked``); "before" rows switch them off
-(unrolled layers, no remat, XLA attention, full ``[B, T, V]`` float32 logits) to show what they buy.
+on every linear layer, AdamW in float32 (gradient clipping 1.0); "full" rows fine-tune float32
+master weights with bfloat16 compute. Rows use the library's scale options (layer scan,
+``remat="block"``, chunked attention above 512 queries, ``logit_chunk=128``: log-probs from hidden
+states in chunks of 128 positions; PPO's experience pass in groups of the minibatch,
+``experience_batch``); "before" rows switch them off (unrolled layers, no remat, XLA attention,
+whole ``[B, T, V]`` float32 logits, the experience pass over the whole rollout) to show what they
+buy. After the rows it prints the "what fits" table of the README (peak GiB per device against 24,
+40 and 80 GiB).
 
     python experiments/aot_memory.py                 # every row, each in its own process (~15 min)
     python experiments/aot_memory.py --rows sft-0.5b,sft-7b   # some rows
@@ -101,9 +106,9 @@ def model_config(shape: str, *, before: bool, full: bool):
 
 
 def _optimizer():
-    import optax
+    from rlhf_jax.train import OptimConfig, make_optimizer
 
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
+    return make_optimizer(OptimConfig(learning_rate=1e-5, max_grad_norm=1.0))
 
 
 def _abstract_base(cfg):
@@ -115,180 +120,64 @@ def _abstract_base(cfg):
     return jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
 
 
-def _abstract_lora(cfg, lora_cfg):
+def _abstract_state(algo, base, **kw):
     import jax
 
-    from rlhf_jax.lora import init_lora
-    from rlhf_jax.model import Transformer
-
-    return jax.eval_shape(lambda k: init_lora(Transformer(cfg, lora=lora_cfg), k), jax.random.PRNGKey(0))
+    return jax.eval_shape(lambda k, b: algo.init(k, b, **kw), jax.random.PRNGKey(0), base)
 
 
-def _nll(cfg, params, hidden, tokens, loss_mask, chunked):
-    import jax.numpy as jnp
-
-    from rlhf_jax.losses import chunked_nll, masked_mean, token_logprobs
-    from rlhf_jax.model import head_weight, lm_logits
-
-    if chunked:
-        return chunked_nll(hidden[:, :-1], *head_weight(cfg, params), tokens[:, 1:], loss_mask[:, 1:])[0]
-    logp = token_logprobs(lm_logits(cfg, params, hidden[:, :-1]), tokens[:, 1:])
-    return -masked_mean(logp, loss_mask[:, 1:]) + 0 * jnp.sum(hidden[:, -1:])
-
-
-def build_sft(cfg, lora_cfg, row: Row):
-    """LoRA SFT: completion NLL from the hidden states (chunked unless ``row.before``), AdamW on
-    the adapter."""
+def build_sft(cfg, lora_cfg, row: Row, base):
+    """``make_sft``'s step: LoRA SFT, the completion NLL from hidden states in chunks of 128
+    positions (``SFTConfig(logit_chunk=128)``; whole logits when ``row.before``)."""
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from rlhf_jax.model import Transformer
+    from rlhf_jax.train import SFTBatch, SFTConfig, make_sft
 
-    model, opt = Transformer(cfg, lora=lora_cfg), _optimizer()
-
-    def loss_fn(lora, base, batch):
-        hidden = model.apply({"params": base, "lora": lora}, batch["tokens"], attention_mask=batch["mask"],
-                             return_hidden=True, compute_logits=False).hidden
-        return _nll(cfg, base, hidden, batch["tokens"], batch["loss_mask"], not row.before)
-
-    def step(state, base, batch):
-        lora, opt_state = state
-        loss, grads = jax.value_and_grad(loss_fn)(lora, base, batch)
-        updates, opt_state = opt.update(grads, opt_state, lora)
-        return (optax.apply_updates(lora, updates), opt_state), {"loss": loss}
-
-    lora = _abstract_lora(cfg, lora_cfg)
-    state = (lora, jax.eval_shape(opt.init, lora))
+    algo = make_sft(cfg, _optimizer(), SFTConfig(lora=lora_cfg, logit_chunk=0 if row.before else 128))
     tok = jax.ShapeDtypeStruct((row.batch, row.seq), jnp.int32)
-    return state, step, {"tokens": tok, "mask": tok, "loss_mask": tok}
+    return _abstract_state(algo, base), algo.step, SFTBatch(tok, tok, tok)
 
 
-def build_reward(cfg, lora_cfg, row: Row):
-    """Reward model: base + LoRA + score head on the last token, Bradley-Terry loss over
-    ``row.batch`` pairs (2 * batch sequences per pass)."""
+def build_reward(cfg, lora_cfg, row: Row, base):
+    """``make_reward``'s step: base + LoRA + score head on the last token, Bradley-Terry loss over
+    ``row.batch`` pairs (2 * batch sequences per pass; no vocabulary)."""
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from rlhf_jax.losses import bradley_terry_loss
-    from rlhf_jax.model import Transformer, score_head
+    from rlhf_jax.train import RewardConfig, make_reward
 
-    model, opt = Transformer(cfg, lora=lora_cfg), _optimizer()
-
-    def loss_fn(params, base, batch):
-        b, _, t = batch["tokens"].shape
-        tokens, mask = batch["tokens"].reshape(2 * b, t), batch["mask"].reshape(2 * b, t)
-        hidden = model.apply({"params": base, "lora": params["lora"]}, tokens, attention_mask=mask,
-                             return_hidden=True, compute_logits=False).hidden
-        r = score_head(params["head"], hidden, mask).reshape(b, 2)
-        return bradley_terry_loss(r[:, 0], r[:, 1])[0]
-
-    def step(state, base, batch):
-        params, opt_state = state
-        loss, grads = jax.value_and_grad(loss_fn)(params, base, batch)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), {"loss": loss}
-
-    head = {"kernel": jax.ShapeDtypeStruct((cfg.hidden_size,), jnp.float32), "bias": jax.ShapeDtypeStruct((), jnp.float32)}
-    params = {"lora": _abstract_lora(cfg, lora_cfg), "head": head}
-    state = (params, jax.eval_shape(opt.init, params))
+    algo = make_reward(cfg, _optimizer(), RewardConfig(lora=lora_cfg))
     tok = jax.ShapeDtypeStruct((row.batch, 2, row.seq), jnp.int32)
-    return state, step, {"tokens": tok, "mask": tok}
+    batch = {"input_ids": tok, "attention_mask": tok, "margin": jax.ShapeDtypeStruct((row.batch,), jnp.float32)}
+    return _abstract_state(algo, base), algo.step, batch
 
 
-def build_ppo(cfg, lora_cfg, row: Row):
-    """One PPO update on a rollout of ``row.batch`` rows (prompt = response = seq / 2): policy,
-    reference and critic passes without gradient over the rollout (in groups of the minibatch),
-    k1 KL penalty + score, GAE, whitened advantages, then one epoch of minibatches (a ``lax.scan``)
-    of the clipped policy loss + 0.1 x clipped value loss - 0.01 x entropy on the policy and critic
-    (adapters, or full float32 copies with ``row.full``); log-probs and entropy from the hidden
-    states in chunks unless ``row.before``."""
+def build_ppo(cfg, lora_cfg, row: Row, base):
+    """``make_ppo``'s step on a rollout of ``row.batch`` rows (prompt = response = seq / 2): the
+    experience pass (policy, reference and critic forward passes in groups of the minibatch,
+    ``experience_batch``), k1 KL penalty, GAE, whitened advantages, then one epoch of minibatches of
+    the clipped policy + value loss - 0.01 x entropy on the policy and critic (adapters, or full
+    trees with ``row.full``); log-probs and entropy from hidden states in chunks of 128 positions
+    unless ``row.before``."""
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from rlhf_jax.losses import (chunked_logprobs_and_entropy, entropy_from_logits, gae, masked_mean,
-                                 masked_whiten, ppo_policy_loss, ppo_value_loss, token_logprobs)
-    from rlhf_jax.model import Transformer, head_weight, lm_logits, value_head
+    from rlhf_jax.rollout import Rollout, SamplingConfig
+    from rlhf_jax.train import PPOConfig, make_ppo
+    from rlhf_jax.train.ppo import PPOBatch
 
-    ref_cfg = cfg.replace(dtype="bfloat16", compute_dtype=None)
     lora = None if row.full else lora_cfg
-    policy, critic, reference = Transformer(cfg, lora=lora), Transformer(cfg, lora=lora), Transformer(ref_cfg)
-    opt = _optimizer()
     r, t, m = row.batch, row.seq, row.mini_batch
-    p = n = t // 2
-
-    def pol_vars(params, base):
-        return {"params": params["policy"]} if row.full else {"params": base, "lora": params["policy"]}
-
-    def crit_vars(params, base):
-        c = params["critic"]
-        return {"params": c["params"]} if row.full else {"params": base, "lora": c["lora"]}
-
-    def response_hidden(model, variables, tokens, mask):
-        hidden = model.apply(variables, tokens, attention_mask=mask, return_hidden=True, compute_logits=False).hidden
-        return hidden[:, p - 1:p + n - 1]
-
-    def logp_entropy(head_params, hidden, targets):
-        if row.before:
-            logits = lm_logits(cfg, head_params, hidden)
-            return token_logprobs(logits, targets), entropy_from_logits(logits)
-        return chunked_logprobs_and_entropy(hidden, *head_weight(cfg, head_params), targets)
-
-    def experience(params, base, b):
-        tokens, mask = b["tokens"], b["mask"]
-        resp = tokens[:, p:]
-        pv = pol_vars(params, base)
-        old_logp, _ = logp_entropy(pv["params"], response_hidden(policy, pv, tokens, mask), resp)
-        ref_logp, _ = logp_entropy(base, response_hidden(reference, {"params": base}, tokens, mask), resp)
-        values = value_head(params["critic"]["head"], response_hidden(critic, crit_vars(params, base), tokens, mask))
-        return old_logp, ref_logp, values
-
-    def loss_fn(params, base, mb):
-        pv = pol_vars(params, base)
-        logp, ent = logp_entropy(pv["params"], response_hidden(policy, pv, mb["tokens"], mb["mask"]), mb["tokens"][:, p:])
-        values = value_head(params["critic"]["head"],
-                            response_hidden(critic, crit_vars(params, base), mb["tokens"], mb["mask"]))
-        pl, _ = ppo_policy_loss(logp, mb["old_logp"], mb["adv"], mb["rmask"])
-        vl, _ = ppo_value_loss(values, mb["old_values"], mb["returns"], mb["rmask"])
-        return pl + 0.1 * vl - 0.01 * masked_mean(ent, mb["rmask"])
-
-    def step(state, base, b):
-        params, opt_state = state
-        groups = jax.tree_util.tree_map(lambda x: x.reshape(r // m, m, *x.shape[1:]), b)
-        old_logp, ref_logp, values = jax.tree_util.tree_map(
-            lambda x: x.reshape(r, *x.shape[2:]), jax.lax.map(lambda g: experience(params, base, g), groups))
-        rmask = b["rmask"]
-        last = jax.nn.one_hot(jnp.sum(rmask, -1) - 1, n)
-        rewards = -0.05 * (old_logp - ref_logp) + last * b["scores"][:, None]
-        adv, returns = gae(rewards, values, rmask, gamma=1.0, lam=0.95)
-        data = dict(tokens=b["tokens"], mask=b["mask"], rmask=rmask, old_logp=old_logp, old_values=values,
-                    adv=masked_whiten(adv, rmask), returns=returns)
-        order = jax.random.permutation(jax.random.PRNGKey(0), r).reshape(r // m, m)
-
-        def one(carry, idx):
-            params, opt_state = carry
-            mb = jax.tree_util.tree_map(lambda x: x[idx], data)
-            loss, grads = jax.value_and_grad(loss_fn)(params, base, mb)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
-        (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), order)
-        return (params, opt_state), {"loss": jnp.mean(losses)}
-
-    head = {"kernel": jax.ShapeDtypeStruct((cfg.hidden_size,), jnp.float32), "bias": jax.ShapeDtypeStruct((), jnp.float32)}
-    if row.full:
-        full = _abstract_base(cfg)  # float32 master copies
-        params = {"policy": full, "critic": {"params": full, "head": head}}
-    else:
-        adapter = _abstract_lora(cfg, lora_cfg)
-        params = {"policy": adapter, "critic": {"lora": adapter, "head": head}}
-    state = (params, jax.eval_shape(opt.init, params))
-    tok = jax.ShapeDtypeStruct((r, t), jnp.int32)
-    batch = {"tokens": tok, "mask": tok, "rmask": jax.ShapeDtypeStruct((r, n), jnp.int32),
-             "scores": jax.ShapeDtypeStruct((r,), jnp.float32)}
-    return state, step, batch
+    n = t // 2
+    config = PPOConfig(policy_lora=lora, critic_lora=lora, critic_init="zero", batch_size=r, mini_batch_size=m,
+                       ppo_epochs=1, entropy_coef=0.01, sampling=SamplingConfig(max_new_tokens=n),
+                       logit_chunk=0 if row.before else 128, experience_batch=None if row.before else m)
+    algo = make_ppo(cfg, _optimizer(), config)
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    ro = Rollout(i32(r, t), i32(r, t), i32(r, n), i32(r), jax.ShapeDtypeStruct((r,), jnp.bool_), f32(r, n))
+    return _abstract_state(algo, base), algo.step, PPOBatch(ro, f32(r))
 
 
 BUILDERS = {"sft": build_sft, "reward": build_reward, "ppo": build_ppo}
@@ -312,8 +201,10 @@ def compile_row(row: Row) -> dict:
 
     cfg = model_config(row.shape, before=row.before, full=row.full)
     lora_cfg = LoraConfig(rank=16, alpha=32.0)
-    state, step, batch = BUILDERS[row.algo](cfg, lora_cfg, row)
-    base = _abstract_base(cfg.replace(dtype="bfloat16", compute_dtype=None))
+    # the frozen base: bfloat16; with row.full float32 master weights (the trainable copies and the
+    # reference alike), bfloat16 compute
+    base = _abstract_base(cfg)
+    state, step, batch = BUILDERS[row.algo](cfg, lora_cfg, row, base)
     mesh = None
     if row.devices > 1:
         mesh = make_mesh(MeshConfig(data=1, fsdp=row.devices, tensor=1), devices=jax.devices()[:row.devices])
@@ -401,7 +292,10 @@ def main():
           "memory_estimate (temp) | target |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name], capture_output=True, text=True)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's rlhf_jax first
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name], capture_output=True,
+                              text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
         if proc.returncode or not lines:
             print(f"| {name} | FAILED (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]} |", flush=True)
@@ -415,6 +309,19 @@ def main():
         print(f"| {name} | {res['algo']}{' full' if res['full'] else ''} | {res['shape']} | {res['batch']} x "
               f"{res['seq']} | {res['devices']} | {g('arguments')} | {g('temporaries')} | {g('outputs')} | "
               f"{g('peak')} | {res['compile_s']:.1f} | {est} | {check_target(res)} |", flush=True)
+    print("\nWhat fits (peak GiB per device; LoRA r16 on every linear layer unless 'full'; PPO: rollout batch, "
+          "prompt + response tokens, minibatch 8):\n")
+    print("| model | method | batch x tokens | devices | GiB per device | 24 GiB | 40 GiB | 80 GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    names = {"qwen0.5b": "Qwen2.5-0.5B", "qwen7b": "Qwen2.5-7B", "llama8b": "Llama-3.1-8B"}
+    for res in results:
+        if res["before"]:
+            continue
+        peak = res["peak"] / GiB
+        fits = " | ".join("yes" if peak <= cap else "no" for cap in (24, 40, 80))
+        method = ("full " if res["full"] else "LoRA ") + res["algo"].upper()
+        print(f"| {names[res['shape']]} | {method} | {res['batch']} x {res['seq']} | {res['devices']} | {peak:.1f} | "
+              f"{fits} |")
     by = {r["row"]: r for r in results}
     if "sft-7b" in by and "sft-0.5b" in by:
         ratio = by["sft-7b"]["compile_s"] / by["sft-0.5b"]["compile_s"]
