@@ -16,7 +16,8 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from rlhf_jax.config_checks import at_least, check, in_range, one_of
-from rlhf_jax.data import DataConfig, EncodeReport, SFTDataConfig, pack_examples, pad_left, padding_id, tokenize_sft
+from rlhf_jax.data import (DataConfig, EncodeReport, PackReport, SFTDataConfig, pack_examples, pad_left, padding_id,
+                           tokenize_sft)
 from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
 from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
 from rlhf_jax.losses import masked_mean, token_logprobs
@@ -207,18 +208,19 @@ def _held_out_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
 
 
 def layout_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], config: SFTConfig, pad_id: int
-                    ) -> SFTBatch:
+                    ) -> tuple[SFTBatch, PackReport | None]:
     """Host rows of tokenised ``(input_ids, loss_mask)`` examples: left padded to ``max_length``, or
     packed into rows of ``max_length`` (``segment_ids``, ``positions``, right padding) with
-    ``config.packing``."""
+    ``config.packing``, and then the :class:`rlhf_jax.data.PackReport`."""
     if not config.packing:
-        return SFTBatch(*pad_left(examples, pad_id=pad_id, length=config.max_length))
+        return SFTBatch(*pad_left(examples, pad_id=pad_id, length=config.max_length)), None
     if not examples:
         empty = np.zeros((0, config.max_length), np.int32)
-        return SFTBatch(empty, empty, empty, empty, empty)
-    packed, _ = pack_examples(examples, length=config.max_length, pad_id=pad_id, strategy=config.packing_strategy)
+        return SFTBatch(empty, empty, empty, empty, empty), None
+    packed, report = pack_examples(examples, length=config.max_length, pad_id=pad_id,
+                                   strategy=config.packing_strategy)
     return SFTBatch(packed.input_ids, (packed.segment_ids > 0).astype(np.int32), packed.loss_mask,
-                    packed.segment_ids, packed.positions)
+                    packed.segment_ids, packed.positions), report
 
 
 def train_sft(model_config: ModelConfig, params: dict, tokenizer, data: Any, config: SFTConfig, *,
@@ -240,8 +242,12 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, data: Any, con
     examples, report = tokenize_sft(data, tokenizer, config=config.data_config(), data_config=data_config)
     train_idx, held_idx = _held_out_order(len(examples), config.eval_fraction, config.run.seed)
     pad = padding_id(tokenizer)
-    train = layout_examples([examples[i] for i in train_idx], config, pad)
-    held = layout_examples([examples[i] for i in held_idx], config, pad)
+    train, packing = layout_examples([examples[i] for i in train_idx], config, pad)
+    held, _ = layout_examples([examples[i] for i in held_idx], config, pad)
+    if packing is not None:  # the training rows' packing, numbered as dataset rows
+        kept = report.kept_indices
+        report = dataclasses.replace(report, packing=dataclasses.replace(
+            packing, rows_of=tuple(tuple(kept[train_idx[j]] for j in r) for r in packing.rows_of)))
     n_train, n_eval = train.input_ids.shape[0], held.input_ids.shape[0]
     if n_train < config.batch_size:
         what = f"packed rows (of {len(train_idx)} examples)" if config.packing else "training examples"
