@@ -81,7 +81,8 @@ def write_reward_module(root) -> str:
     characters) and ``record`` (writes what it was given to ``calls.jsonl``, returns zeros)."""
     path = os.path.join(os.fspath(root), "rewards.py")
     with open(path, "w") as f:
-        f.write("import json\n\n\ndef brevity(prompts, completions):\n    return [-len(c) / 10 for c in completions]\n\n\n"
+        f.write("import json\n\n\ndef brevity(prompts, completions):\n"
+                "    return [-len(c) / 10 for c in completions]\n\n\n"
                 "def record(prompts, completions):\n"
                 f"    with open({os.path.join(os.fspath(root), 'calls.jsonl')!r}, 'a') as f:\n"
                 "        f.write(json.dumps({'prompts': prompts, 'completions': completions}) + '\\n')\n"

@@ -132,7 +132,8 @@ def test_reward_every_preference_format_and_export(world, capsys):
     # the implicit prompt is split off exactly: the same pairs, the same loss
     assert first["standard_implicit_preference"] == pytest.approx(first["standard_preference"], rel=1e-6)
     assert first["conversational_implicit_preference"] == pytest.approx(first["conversational_preference"], rel=1e-6)
-    hand = _bradley_terry_first_loss(world, root / "rm_conversational_preference", EXAMPLES["conversational_preference"])
+    hand = _bradley_terry_first_loss(world, root / "rm_conversational_preference",
+                                     EXAMPLES["conversational_preference"])
     assert first["conversational_preference"] == pytest.approx(hand, rel=1e-5)
 
     # normalised on the model's own samples (conversational prompts rendered, stopping at <|im_end|>)
@@ -240,7 +241,8 @@ def test_bad_input_is_one_line_naming_file_row_and_fix(world, capsys, tmp_path):
 
     err = fails("sft", "--model", world["model"], "--data", bad, "--out", out, *SFT)
     assert f"{bad}:2" in err and "fits no dataset format" in err and "prompt-completion {prompt, completion}" in err
-    err = fails("ppo", "--model", world["model"], "--prompts", world["data"]["standard_prompt_only"], "--out", out, *PPO)
+    err = fails("ppo", "--model", world["model"], "--prompts", world["data"]["standard_prompt_only"], "--out", out,
+                *PPO)
     assert "--reward FOLDER" in err  # no reward given
 
     plain = tmp_path / "no_template"  # the same model, its tokenizer saved without a chat template

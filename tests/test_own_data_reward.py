@@ -183,3 +183,19 @@ def test_exported_reward_folder_reads_back_as_a_classifier(hf_checkpoints, tmp_p
     tokens[1, -1] = 5
     ours = np.asarray(reward_scores(cfg, rm, base, jnp.asarray(tokens), jnp.asarray(mask)))
     np.testing.assert_allclose(_ours(back, base, tokens, mask), ours, atol=1e-4)  # score_bias read back
+
+
+def test_ppo_critic_starts_from_the_one_reward_model_of_a_weighted_sum():
+    from rlhf_jax.model import ModelConfig
+    from rlhf_jax.train.ppo.driver import reward_model_of
+
+    cfg = ModelConfig(vocab_size=16, hidden_size=8, num_layers=1, num_heads=2, pad_token_id=0)
+    rm = RewardModel(None, {"kernel": jnp.ones(8), "bias": jnp.float32(1.0)}, gain=2.0, bias=-1.0)
+    model = ModelScorer(cfg, rm)
+    fn = FunctionScorer(lambda p, c: [0.0] * len(c), name="zero")
+    assert reward_model_of(model) == (rm, model)
+    got, part = reward_model_of(WeightedScorer([(fn, 1.0), (model, 0.5)]))
+    # score = 0.5 * (2 (h.w + 1) - 1) + f: the critic's first values are the model's share, 1 (h.w + 1) - 0.5
+    assert part is model and (got.gain, got.bias) == (1.0, -0.5) and got.head is rm.head
+    assert reward_model_of(fn) == (None, None)
+    assert reward_model_of(WeightedScorer([(model, 1.0), (ModelScorer(cfg, rm, name="other"), 1.0)])) == (None, None)

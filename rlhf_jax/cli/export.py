@@ -71,7 +71,8 @@ def cmd_export(args) -> int:
 def add_export_command(sub) -> None:
     p = sub.add_parser("export", help="training checkpoint -> Hugging Face folder or PEFT adapter")
     p.add_argument("--model", required=True, help="the base model's Hugging Face folder the run trained over")
-    p.add_argument("--run", required=True, help="a run folder of `rlhf-jax sft|reward|ppo` (config.json + checkpoints/)")
+    p.add_argument("--run", required=True,
+                   help="a run folder of `rlhf-jax sft|reward|ppo` (config.json + checkpoints/)")
     p.add_argument("--stage", required=True, choices=["sft", "reward", "ppo"], help="which trainer wrote the run")
     p.add_argument("--format", default="hf", choices=["hf", "peft"],
                    help="merged HF folder or PEFT adapter (--stage reward: a *ForSequenceClassification folder, or "

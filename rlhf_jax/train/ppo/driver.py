@@ -74,6 +74,21 @@ class PPORun(NamedTuple):
     """How the prompt dataset was read (format, rows kept, truncated, skipped)."""
 
 
+def reward_model_of(scorer: Scorer) -> tuple[Any, Scorer | None]:
+    """``(reward model, its scorer)`` that PPO's critic starts from: the scorer's own, or the one
+    model part of a weighted sum (its weight folded into the normalisation, so the critic's first
+    values are that part of the score); ``(None, None)`` when there is none or several."""
+    rm = getattr(scorer, "reward_model", None)
+    if rm is not None:
+        return rm, scorer
+    parts = [(s, w) for s, w in getattr(scorer, "items", ()) if getattr(s, "reward_model", None) is not None]
+    if len(parts) != 1:
+        return None, None
+    part, weight = parts[0]
+    rm = part.reward_model
+    return rm._replace(gain=weight * rm.gain, bias=weight * rm.bias), part
+
+
 def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, reward: Scorer | Any,
                 config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
                 data_config: DataConfig = DataConfig()) -> PPORun:
@@ -88,11 +103,11 @@ def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, 
     algo = cached_algorithm(make_ppo, model_config, config)
     critic = None
     if config.critic_init == "reward":
-        rm = getattr(scorer, "reward_model", None)
+        rm, part = reward_model_of(scorer)
         if rm is None:
-            raise ValueError("critic_init='reward' needs a reward model (a RewardModel or ModelScorer reward); "
-                             "use critic_init='zero' with a reward function")
-        if getattr(scorer, "model_config", model_config) != model_config:
+            raise ValueError("critic_init='reward' needs a reward model (a RewardModel or ModelScorer reward, alone or "
+                             "as the one model in a WeightedScorer); use critic_init='zero' with a reward function")
+        if getattr(part, "model_config", model_config) != model_config:
             raise ValueError("critic_init='reward': the reward model is another network than the policy's base "
                              "(its own model config); the critic cannot start from it: use critic_init='zero'")
         critic = critic_from_reward(rm, base, full=config.critic_lora is None)
