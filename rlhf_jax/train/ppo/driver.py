@@ -23,7 +23,7 @@ from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.ppo.algorithm import PPOState, make_ppo
 from rlhf_jax.train.ppo.config import PPOConfig
 from rlhf_jax.train.ppo.experience import PPOBatch
-from rlhf_jax.train.prompt_data import prepare_prompts, resolve_sampling
+from rlhf_jax.train.prompt_data import prepare_prompts, resolve_sampling  # noqa: F401 (re-exported by ppo)
 from rlhf_jax.train.trainable import init_trainable
 
 Monitor = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
