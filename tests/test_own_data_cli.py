@@ -173,6 +173,7 @@ def test_reward_every_preference_format_and_export(world, capsys):
     assert np.std(ours) > 1e-3
 
 
+@pytest.mark.slow
 def test_ppo_evaluate_and_export_from_every_prompt_format(world, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
