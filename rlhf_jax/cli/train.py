@@ -49,10 +49,12 @@ def cmd_sft(args) -> int:
     from rlhf_jax.export import save_hf_folder
     from rlhf_jax.rollout import SamplingConfig
     from rlhf_jax.train import SFTConfig, train_sft
+    from rlhf_jax.train.batching import check_context
 
     cfg = with_run(config_from_args(SFTConfig, args, config_file=args.config), args)
     data = load_data(args, "data")
     mc, params, tok = load_model(args)
+    check_context(mc, who="sft", max_length=cfg.max_length)
     write_config(args.out, cfg)
     res = train_sft(mc, params, tok, data, cfg, data_config=data_config(args))
     # nothing was sampled: the export samples the trained distribution as is, up to the trained length
@@ -68,10 +70,12 @@ def cmd_reward(args) -> int:
     from rlhf_jax.rollout import SamplingConfig
     from rlhf_jax.scoring import normalize_on_policy_samples, save_reward_model
     from rlhf_jax.train import RewardConfig, prepare_prompts, train_reward_model
+    from rlhf_jax.train.batching import check_context
 
     cfg = with_run(config_from_args(RewardConfig, args, config_file=args.config), args)
     data = load_data(args, "pairs")
     mc, base, tok = load_model(args)
+    check_context(mc, who="reward", max_length=cfg.max_length)
     write_config(args.out, cfg)
     res = train_reward_model(mc, base, tok, data, cfg, data_config=data_config(args))
     rm = res.reward_model
@@ -96,11 +100,13 @@ def cmd_reward(args) -> int:
 def cmd_ppo(args) -> int:
     from rlhf_jax.scoring import build_scorer
     from rlhf_jax.train import PPOConfig, train_ppo
+    from rlhf_jax.train.batching import check_context
 
     cfg = with_run(config_from_args(PPOConfig, args, config_file=args.config), args)
     data = load_data(args, "prompts", field=args.prompt_field)
     mc, base, tok = load_model(args)
     reward = build_scorer(args.reward, args.reward_fn, model_config=mc, base=base, tokenizer=tok, dtype=args.dtype)
+    check_context(mc, who="ppo", prompt_length=cfg.max_prompt_length, new_tokens=cfg.sampling.max_new_tokens)
     write_config(args.out, cfg)
     res = train_ppo(mc, base, tok, data, reward, cfg, data_config=data_config(args))
     gen = policy_generation_config(mc, tok, res.sampling, chat_template_of(tok, args))
