@@ -13,11 +13,10 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int
 
 from rlhf_jax.config_checks import at_least, check, in_range, one_of
-from rlhf_jax.data import (DataConfig, EncodeReport, PackReport, SFTDataConfig, pack_examples, pad_left, padding_id,
-                           tokenize_sft)
+from rlhf_jax.data import (DataConfig, EncodeReport, PackReport, SFTBatch, SFTDataConfig, pack_examples, pad_left,
+                           padding_id, tokenize_sft)
 from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
 from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
 from rlhf_jax.losses import masked_mean, token_logprobs
@@ -79,18 +78,6 @@ class SFTConfig:
         """How the examples are tokenised and laid out (:class:`rlhf_jax.data.SFTDataConfig`)."""
         return SFTDataConfig(max_length=self.max_length, append_eos=self.append_eos, packing=self.packing,
                              packing_strategy=self.packing_strategy)
-
-
-class SFTBatch(NamedTuple):
-    """Tokenised SFT rows (host NumPy or device arrays): ``loss_mask`` marks the tokens that are
-    predicted (the completion, its EOS). Packed rows also carry ``segment_ids`` and ``positions``
-    (several examples per row, see :class:`rlhf_jax.model.Transformer`)."""
-
-    input_ids: Int[Array, "B T"]
-    attention_mask: Int[Array, "B T"]
-    loss_mask: Int[Array, "B T"]
-    segment_ids: Int[Array, "B T"] | None = None
-    positions: Int[Array, "B T"] | None = None
 
 
 class SFTResult(NamedTuple):
@@ -213,7 +200,7 @@ def layout_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], con
     packed into rows of ``max_length`` (``segment_ids``, ``positions``, right padding) with
     ``config.packing``, and then the :class:`rlhf_jax.data.PackReport`."""
     if not config.packing:
-        return SFTBatch(*pad_left(examples, pad_id=pad_id, length=config.max_length)), None
+        return pad_left(examples, pad_id=pad_id, length=config.max_length), None
     if not examples:
         empty = np.zeros((0, config.max_length), np.int32)
         return SFTBatch(empty, empty, empty, empty, empty), None
