@@ -263,3 +263,36 @@ def test_bad_input_is_one_line_naming_file_row_and_fix(world, capsys, tmp_path):
         shutil.copy(os.path.join(world["model"], f), no_tok / f)
     err = fails("sft", "--model", no_tok, "--data", conv, "--out", out, *SFT)
     assert "no tokenizer files" in err and "tokenizer.json" in err
+
+
+def test_ranked_feedback_with_message_list_prompts(world, capsys, tmp_path):
+    """Ranked feedback records whose prompt is a conversation: `feedback to-pairs` gives TRL's
+    conversational preference rows, which the reward command trains on (Bradley-Terry on the
+    template's rendering, computed here), and PPO/evaluate read the records as prompts."""
+    from rlhf_jax.data import encode_prompt_data
+
+    labels = [{"labeler": f"l{j}", "ranking": [1, 2, 3], "flagged": []} for j in range(3)]
+    records = [{"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"What color is the {t}?"}],
+                "completions": [f"It is {good}.", f"It is {bad}.", "No idea."], "criterion": "helpfulness",
+                "instructions_id": "v1", "labels": labels} for i, (t, good, bad) in enumerate(TOPICS)]
+    ranked = tmp_path / "ranked_chat.jsonl"
+    ranked.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pairs = tmp_path / "pairs.jsonl"
+    _cli(capsys, "feedback", "to-pairs", ranked, "--out", pairs)
+    rows = [json.loads(line) for line in open(pairs)]
+    assert len(rows) == 9 and rows[0]["prompt"] == records[0]["prompt"]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "It is blue."}]
+    out = _cli(capsys, "reward", "--model", world["model"], "--pairs", pairs, "--out", tmp_path / "rm", *REWARD)
+    assert "conversational_preference: 9 rows, 9 kept" in out
+    # the first step's batch: the run's seeded order of the 9 pairs (none held out), then its rows
+    from rlhf_jax.train.batching import batch_indices
+
+    seed = json.load(open(tmp_path / "rm" / "config.json"))["run"]["seed"]
+    drawn = np.random.default_rng(seed).permutation(9)[batch_indices(0, 9, 3, seed)]
+    plain = [{k: rows[i][k] for k in ("prompt", "chosen", "rejected")} for i in drawn]
+    assert metrics(tmp_path / "rm")[0]["loss"] == pytest.approx(
+        _bradley_terry_first_loss(world, tmp_path / "rm", plain), rel=1e-5)
+    prompts, report = encode_prompt_data(str(ranked), world["tok"])  # what ppo/evaluate --prompts read
+    assert report.format == "conversational_prompt_only"
+    assert prompts.texts == [world["tok"].apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+                             for r in records]
