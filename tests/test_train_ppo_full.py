@@ -138,9 +138,9 @@ def test_full_state_shards_by_path_on_a_one_device_mesh(setup):
     state = make_ppo(cfg, make_optimizer(OptimConfig()), _config(1)).init(jax.random.PRNGKey(0), base)
     state = shard_params(state, make_mesh(mesh))
     q = state.params["policy"]["layers"]["attn"]["q_proj"]["kernel"]
-    assert tuple(q.sharding.spec) == ("fsdp", "tensor")  # the base's rule, found by path
+    assert tuple(q.sharding.spec) == (None, "fsdp", "tensor")  # the base's rule, found by path; [L, Din, Dout]
     mu = state.opt_state[1][0].mu["critic"]["model"]["layers"]["mlp"]["down_proj"]["kernel"]
-    assert tuple(mu.sharding.spec) == ("tensor", "fsdp")
+    assert tuple(mu.sharding.spec) == (None, "tensor", "fsdp")
     # (a step on this mesh runs in the CLI test below: --mesh data=1)
 
 
