@@ -2,6 +2,8 @@
 scorer protocol every RL algorithm's driver takes (reward models, Python functions, weighted
 sums). Sits below ``train/`` and ``evaluate/``; knows nothing of trainers."""
 
+from rlhf_jax.scoring.functions import (exact_match, hf_classifier, length_target, normalize_answer,
+                                        overlong_penalty, regex_match)
 from rlhf_jax.scoring.io import load_reward_model, model_kind, save_reward_model
 from rlhf_jax.scoring.reward_model import (RewardModel, copy_tree, critic_from_reward, fold_head, hidden_states,
                                            normalize_on_samples, normalize_reward_model, raw_scores, reward_scores)
@@ -12,4 +14,6 @@ __all__ = [
     "Completions", "FunctionScorer", "ModelScorer", "RewardModel", "Scorer", "TextFn", "WeightedScorer", "as_scorer",
     "copy_tree", "critic_from_reward", "fold_head", "hidden_states", "load_reward_model", "model_kind",
     "normalize_on_samples", "normalize_reward_model", "raw_scores", "reward_scores", "save_reward_model",
+    # verifiable rewards (functions.py)
+    "exact_match", "hf_classifier", "length_target", "normalize_answer", "overlong_penalty", "regex_match",
 ]
