@@ -226,7 +226,6 @@ def grpo_flops(cfg, s: Setup, c: int) -> float:
 
 
 def gpu_main(args, s: Setup):
-    from rlhf_jax.toyworld import WorldConfig, build_world  # noqa: F401  (the tokenizer only)
 
     cfg, peak, how, base = bc.gpu_start(args.tiny)
     with tempfile.TemporaryDirectory() as root:
@@ -255,7 +254,7 @@ def gpu_main(args, s: Setup):
 
 
 NAMES = {"trl_full": "TRL 1.12 GRPOTrainer, full fine-tuning (policy + reference copy)",
-         "trl_lora": f"TRL 1.12 GRPOTrainer + PEFT LoRA (reference = adapter off)",
+         "trl_lora": "TRL 1.12 GRPOTrainer + PEFT LoRA (reference = adapter off)",
          "lora": "ours, LoRA (one base; reference = adapter off)",
          "full": "ours, full fine-tuning (trainable copy over the frozen base)"}
 
