@@ -29,6 +29,7 @@ share is the rest of the step. TRL's ``gc.collect()`` per step cannot scan our o
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import os
@@ -188,6 +189,12 @@ def make_trl(variant: str, ckpt, tok, texts, s: Setup, total_steps: int, out_dir
                       generation_kwargs={"eos_token_id": None}, report_to="none", save_strategy="no",
                       logging_steps=1, use_cpu=True, seed=0, gradient_checkpointing=False, bf16=False,
                       disable_tqdm=True, dataloader_num_workers=0, log_completions=False, shuffle_dataset=False)
+    # TRL cuts each completion after the tokenizer's EOS id even when generation does not stop there:
+    # give its tokenizer an EOS the model cannot emit (an id past the model's vocabulary), so every
+    # completion keeps its 64 tokens, as ours (eos_ids=()) does
+    tok = copy.deepcopy(tok)
+    tok.add_special_tokens({"eos_token": "<never>"})
+    assert tok.eos_token_id >= model.config.vocab_size
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=Dataset.from_dict(
         {"prompt": texts}), processing_class=tok, peft_config=peft, callbacks=list(callbacks))
     bc.drop_printer(trainer)

@@ -88,30 +88,58 @@ def test_non_finite_scores_skip_the_step_and_are_counted(learned):
                if p[-1].key == "b")
 
 
-def test_zero_variance_groups_are_counted_and_filtered_exactly(learned):
+@pytest.fixture(scope="module")
+def rollout(learned):
+    """2 prompts x 4 completions sampled from the base, cut to lengths 8, 3, 5, 8, 2, 8, 6, 1."""
+    cfg, tok, base, *_ = learned
+    ids = tok(["w1 w2", "w3 w4"])["input_ids"]
+    tokens = np.repeat(np.array(ids), 4, axis=0)
+    sampler = cached_sampler(cfg, None, SamplingConfig(max_new_tokens=8, pad_id=0, eos_ids=()))
+    ro = sampler(model_variables(base, None), tokens, np.ones_like(tokens), jax.random.PRNGKey(3))
+    lengths = jnp.array([8, 3, 5, 8, 2, 8, 6, 1])
+    rmask = (jnp.arange(8)[None] < lengths[:, None]).astype(jnp.int32)
+    return ro._replace(response_mask=rmask, lengths=lengths, eos_reached=lengths < 8, logprobs=ro.logprobs * rmask,
+                       attention_mask=jnp.concatenate([ro.attention_mask[:, :-8], rmask], axis=1))
+
+
+def _one_step(cfg, base, optimizer, config, batch):
+    algo = make_grpo(cfg, optimizer, config)
+    return jax.jit(algo.step)(algo.init(jax.random.PRNGKey(0), base), base, batch)
+
+
+def _assert_same(a, b):
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7), a, b)
+
+
+def test_zero_variance_groups_are_counted_and_filtered_exactly(learned, rollout):
     """2 prompts x 4: group 1's scores are all equal. Counted: zero_std_frac = 0.5. Filtered: the
     update (plain SGD, so the update is the gradient) equals the update on group 0 alone: the KL
     term and the token count see only the kept rows."""
-    cfg, tok, base, *_ = learned
+    cfg, _, base, *_ = learned
     config = _config(1, kl_coef=0.5, batch_size=2, filter_zero_std=True)
-    ids = tok(["w1 w2", "w3 w4"])["input_ids"]
-    tokens = np.repeat(np.array(ids), 4, axis=0)
-    sampler = cached_sampler(cfg, None, dataclasses.replace(config.sampling, pad_id=0))
-    ro = sampler(model_variables(base, None), tokens, np.ones_like(tokens), jax.random.PRNGKey(3))
     scores = jnp.array([1.0, 0.0, 0.5, 0.0, 0.25, 0.25, 0.25, 0.25])
-
-    def one_step(c, batch):
-        algo = make_grpo(cfg, optax.sgd(0.1), c)
-        return jax.jit(algo.step)(algo.init(jax.random.PRNGKey(0), base), base, batch)
-
-    filtered, m = one_step(config, GroupBatch(ro, scores))
-    kept, _ = one_step(dataclasses.replace(config, batch_size=1),
-                       GroupBatch(jax.tree_util.tree_map(lambda x: x[:4], ro), scores[:4]))
+    filtered, m = _one_step(cfg, base, optax.sgd(0.1), config, GroupBatch(rollout, scores))
+    kept, _ = _one_step(cfg, base, optax.sgd(0.1), dataclasses.replace(config, batch_size=1),
+                        GroupBatch(jax.tree_util.tree_map(lambda x: x[:4], rollout), scores[:4]))
     assert float(m["zero_std_frac"]) == 0.5 and float(m["rows_kept"]) == 4.0
-    moved = filtered.params.tree["layers_0"]["attn"]["q_proj"]["b"]
-    assert float(jnp.abs(moved).max()) > 0
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
-                           filtered.params, kept.params)
+    assert float(jnp.abs(filtered.params.tree["layers_0"]["attn"]["q_proj"]["b"]).max()) > 0
+    _assert_same(filtered.params, kept.params)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_accumulated_minibatches_give_the_whole_batch_update(learned, rollout, loss_type):
+    """The token-level (dapo) and sequence-level (grpo) losses do not depend on the split: two
+    minibatches of 4 accumulated into one SGD update (optax.MultiSteps) move the policy exactly
+    as one update on all 8 rows (completion lengths differ, so a per-minibatch token mean would
+    not)."""
+    cfg, _, base, *_ = learned
+    config = _config(1, kl_coef=0.1, batch_size=2, loss_type=loss_type)
+    batch = GroupBatch(rollout, jnp.array([1.0, 0.0, 0.5, 0.0, 0.25, 0.5, 0.0, 1.0]))
+    whole, _ = _one_step(cfg, base, optax.sgd(1.0), config, batch)
+    split, m = _one_step(cfg, base, optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2),
+                         dataclasses.replace(config, mini_batch_size=4), batch)
+    assert int(m["updates"]) == 2
+    _assert_same(whole.params, split.params)
 
 
 def test_config_checks():
