@@ -130,6 +130,23 @@ def test_rloo_advantages_match_trl(normalize):
                                atol=1e-6)
 
 
+def test_rloo_kl_in_the_reward_matches_trl():
+    """RLOOTrainer's reward with the KL penalty (k1 summed over the completion, TRL 1.12 lines
+    transcribed: ``rewards - beta * ((old - ref) * mask).sum(-1)``), then its advantages, against
+    the advantage step of our RLOO (``make_rloo``'s)."""
+    from rlhf_jax.train import RLOOConfig
+    from rlhf_jax.train.critic_free.algorithm import _rloo_advantages
+
+    _, old, ref, mask, _ = _arrays(b=8, t=6, seed=9)
+    scores = np.random.default_rng(9).normal(size=8).astype(np.float32)
+    for normalize in (False, True):
+        config = RLOOConfig(batch_size=2, group_size=4, kl_coef=0.05, normalize_advantages=normalize)
+        rewards = torch.tensor(scores) - 0.05 * ((torch.tensor(old) - torch.tensor(ref)) * torch.tensor(mask)).sum(-1)
+        want = trl_rloo_advantages(rewards, 4, normalize)
+        got, m = _rloo_advantages(config, scores, old, ref, mask.astype(np.float32))
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m["reward_total"], rewards.mean().item(), rtol=1e-5, atol=1e-7)
+
 def test_reinforce_pp_matches_numpy():
     rng = np.random.default_rng(2)
     b, t = 6, 7
