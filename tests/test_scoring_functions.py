@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from rlhf_jax.scoring import (Completions, FunctionScorer, WeightedScorer, exact_match, hf_classifier, length_target,
-                              normalize_answer, overlong_penalty, regex_match)
+from rlhf_jax.scoring import (Completions, FunctionScorer, WeightedScorer, exact_match, length_target,
+                              normalize_answer, overlong_penalty, regex_match, torch_classifier)
 
 
 def test_exact_match_whole_completion_and_extracted():
@@ -72,7 +72,7 @@ def test_functions_compose_with_weights():
     assert set(parts) == {"exact_match", "length_target"}
 
 
-def test_hf_classifier_is_the_torch_logit(tmp_path):
+def test_torch_classifier_is_the_torch_logit(tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -86,7 +86,7 @@ def test_hf_classifier_is_the_torch_logit(tmp_path):
     model = LlamaForSequenceClassification(cfg).eval()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    fn = hf_classifier(str(tmp_path), label="pos", batch_size=2)
+    fn = torch_classifier(str(tmp_path), label="pos", batch_size=2)
     prompts, comps = ["w1 w2 ", "w3 "], ["w4 w5 w6", "w7"]
     got = fn(prompts, comps)
     with torch.no_grad():
@@ -94,4 +94,4 @@ def test_hf_classifier_is_the_torch_logit(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert fn.__name__ == "classifier:1"
     with pytest.raises(ValueError, match="no label 'toxic'"):
-        hf_classifier(str(tmp_path), label="toxic")
+        torch_classifier(str(tmp_path), label="toxic")

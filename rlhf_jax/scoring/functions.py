@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 TextFn = Callable[[Sequence[Any], Sequence[str]], list[float]]
 
-__all__ = ["exact_match", "hf_classifier", "length_target", "normalize_answer", "overlong_penalty", "regex_match"]
+__all__ = ["exact_match", "length_target", "normalize_answer", "overlong_penalty", "regex_match", "torch_classifier"]
 
 
 def _named(fn, name: str) -> TextFn:
@@ -138,9 +138,11 @@ def overlong_penalty(max_length: int, *, buffer: int, unit: str = "words", name:
     return _named(score, name)
 
 
-def hf_classifier(path: str, *, label: int | str = 0, prompt_in_input: bool = True, max_length: int = 512,
-                  batch_size: int = 32, name: str | None = None) -> TextFn:
-    """A Hugging Face ``*ForSequenceClassification`` folder as a reward (PyTorch, on the CPU):
+def torch_classifier(path: str, *, label: int | str = 0, prompt_in_input: bool = True, max_length: int = 512,
+                     batch_size: int = 32, name: str | None = None) -> TextFn:
+    """A Hugging Face ``*ForSequenceClassification`` folder of ANY architecture (BERT, DeBERTa...)
+    as a reward, run by PyTorch on the CPU (for a Llama / Qwen2 / Mistral / GPT-2 classifier in JAX,
+    sharing the policy's base when it can, see :mod:`rlhf_jax.scoring.hf_classifier`):
     the logit of ``label`` (an index or a name in ``config.id2label``) on ``prompt + completion``
     (or the completion alone with ``prompt_in_input=False``), truncated to ``max_length`` tokens
     from the left. A second network beside the policy's base: use it for rewards that are not an
