@@ -96,6 +96,22 @@ def test_changed_config_refuses_to_resume_from_the_cli(files, tmp_path, capsys):
     assert main(run + ["--run.max_steps", "2"]) == 0  # only longer: a resume
 
 
+def test_export_checks_the_model_against_the_recorded_base(files, tmp_path, capsys):
+    from rlhf_jax.export import save_hf_folder
+
+    run = ["sft", "--model", str(files / "model"), "--data", str(files / "sft.jsonl"), "--out", str(tmp_path / "o"),
+           "--batch_size", "8", "--max_length", "16", "--run.progress", "false", "--run.max_steps", "1",
+           "--run.checkpoint_every", "1", "--lora.rank", "2"]
+    assert main(run) == 0
+    cfg = tiny_config()
+    save_hf_folder(str(tmp_path / "other"), cfg, tiny_base(cfg, seed=7), tokenizer=tiny_tokenizer())
+    export = ["export", "--run", str(tmp_path / "o"), "--stage", "sft", "--out", str(tmp_path / "x")]
+    line = _error(capsys, export + ["--model", str(tmp_path / "other")])
+    assert "is not the base model the run" in line and "other" in line
+    assert not (tmp_path / "x").exists()
+    assert main(export + ["--model", str(files / "model")]) == 0 and (tmp_path / "x" / "config.json").is_file()
+
+
 def test_debug_shows_the_traceback_and_no_flag_hides_it(files, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     args = ["ppo", "--model", str(files / "model"), "--reward", str(tmp_path / "nope"), "--prompts",

@@ -19,6 +19,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from rlhf_jax.cli.critic_free import add_critic_free_commands
 from rlhf_jax.cli.demo import add_demo_command
 from rlhf_jax.cli.evaluate import add_evaluate_command
 from rlhf_jax.cli.export import add_export_command
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_demo_command(sub)
     add_train_commands(sub)
+    add_critic_free_commands(sub)
     add_feedback_subcommands(sub)
     add_label_subcommands(sub)
     add_evaluate_command(sub)

@@ -14,6 +14,10 @@ def cmd_demo(args) -> int:
 
         with open(args.config) as f:
             cfg = build_config(DemoConfig, json.load(f), base=cfg)
+    if args.grpo and not cfg.grpo_steps:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, grpo_steps=cfg.ppo_steps)
     run_demo(cfg, args.out, progress=not args.no_progress)
     return 0
 
@@ -23,5 +27,8 @@ def add_demo_command(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a miniature of the pipeline (about a minute)")
     p.add_argument("--config", help="JSON file of DemoConfig values")
+    p.add_argument("--grpo", action="store_true",
+                   help="also train GRPO (the same reward model, KL coefficient, steps and episodes per step as "
+                        "PPO) and compare it with PPO in the report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

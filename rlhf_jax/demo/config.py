@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from rlhf_jax.config_checks import at_least, check
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.toyworld import CorpusConfig, WorldConfig
 
@@ -55,10 +56,22 @@ class DemoConfig:
     """Longest completion."""
     hacking_steps: int = 120
     """PPO steps of the reward-hacking run (KL coefficient 0)."""
+    grpo_steps: int = 0
+    """GRPO steps of a run next to PPO's (``rlhf-jax demo --grpo``): the same reward model, KL
+    coefficient, learning rate and episodes per step (``ppo_batch_size / grpo_group_size`` prompts x
+    ``grpo_group_size`` completions), evaluated and reported with the others; 0: no GRPO run."""
+    grpo_group_size: int = 4
+    """G: completions per prompt of the GRPO run (a divisor of ``ppo_batch_size``)."""
     eval_prompts: int = 200
     """Held-out prompts in the evaluation."""
     eval_samples: int = 4
     """Samples per prompt in the evaluation."""
+
+    def __post_init__(self):
+        at_least(self, "grpo_steps", 0, integer=True)
+        at_least(self, "grpo_group_size", 2, integer=True)
+        check(self, "grpo_group_size", self.ppo_batch_size % self.grpo_group_size == 0,
+              f"a divisor of ppo_batch_size = {self.ppo_batch_size}")
 
     @classmethod
     def quick(cls) -> "DemoConfig":

@@ -25,8 +25,8 @@ from rlhf_jax.demo.config import DemoConfig
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
 from rlhf_jax.scoring import ModelScorer, normalize_on_samples, save_reward_model
-from rlhf_jax.train import (OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, train_ppo, train_reward_model,
-                            train_sft)
+from rlhf_jax.train import (GRPOConfig, OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, train_grpo,
+                            train_ppo, train_reward_model, train_sft)
 
 
 class Stages:
@@ -146,6 +146,25 @@ def run_ppo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, name: str, *, 
     return res
 
 
+def run_grpo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, *, stages: Stages, progress: bool):
+    """GRPO on the same reward model, KL coefficient, learning rate and episodes per step as the
+    KL-penalised PPO run: ``ppo_batch_size / G`` prompts x ``G`` completions, two minibatch updates."""
+    g = cfg.grpo_group_size
+    res = train_grpo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts], ModelScorer(mc, rm),
+                     GRPOConfig(policy_lora=cfg.policy_lora, batch_size=cfg.ppo_batch_size // g, group_size=g,
+                                kl_coef=cfg.kl_coef,
+                                mini_batch_size=cfg.ppo_batch_size // 2 if cfg.ppo_batch_size % 2 == 0 else None,
+                                sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
+                                optim=OptimConfig(learning_rate=cfg.ppo_learning_rate),
+                                run=RunConfig(max_steps=cfg.grpo_steps, seed=cfg.seed,
+                                              out_dir=os.path.join(out, "grpo"), progress=progress, resume="never")),
+                     monitors=gold_scorers())
+    h = res.history
+    first, last = np.mean([r["score"] for r in h[:3]]), np.mean([r["score"] for r in h[-3:]])
+    stages.done("grpo", f"score {first:.3f} -> {last:.3f}, KL {h[-1]['kl']:.3f} after {len(h)} steps")
+    return res
+
+
 def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, out: str, stages: Stages,
                    progress: bool):
     from rlhf_jax.evaluate import EvalConfig, ModelSpec, evaluate
@@ -168,7 +187,7 @@ def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, o
 
 
 def plot_hacking(histories: dict[str, list[dict]], path: str) -> str:
-    """Proxy reward (the reward model) against the gold rubric over PPO steps, per run."""
+    """Proxy reward (the reward model) against the gold rubric over the RL steps, per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +201,7 @@ def plot_hacking(histories: dict[str, list[dict]], path: str) -> str:
             ax.set_title({"score": "proxy reward (reward model)", "gold": "gold rubric (hidden)",
                           "kl": "KL(policy || reference) per sequence",
                           "repetition": "repeated words per completion (hidden)"}[key])
-            ax.set_xlabel("PPO step")
+            ax.set_xlabel("step")
             ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
@@ -211,17 +230,21 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
                   stages=stages, progress=progress)
     hack = run_ppo(cfg, world, mc, sft.params, rm, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
                    stages=stages, progress=progress)
-    plot_hacking({"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history},
-                 os.path.join(out, "reward_hacking.png"))
-    report = run_evaluation(cfg, world, mc, sft.params, rm,
-                            {"ppo": ppo.state.params["policy"], "ppo_no_kl": hack.state.params["policy"]},
-                            out, stages, progress)
+    grpo = run_grpo(cfg, world, mc, sft.params, rm, out, stages=stages, progress=progress) if cfg.grpo_steps else None
+    curves = {"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history}
+    policies = {"ppo": ppo.state.params["policy"], "ppo_no_kl": hack.state.params["policy"]}
+    if grpo is not None:
+        curves["grpo (KL %.2g)" % cfg.kl_coef] = grpo.history
+        policies["grpo"] = grpo.state.params
+    plot_hacking(curves, os.path.join(out, "reward_hacking.png"))
+    report = run_evaluation(cfg, world, mc, sft.params, rm, policies, out, stages, progress)
     save_hf_folder(os.path.join(out, "export", "sft"), mc, sft.params, tokenizer=world.tokenizer)
     policy = ppo.state.params["policy"]
     save_hf_folder(os.path.join(out, "export", "ppo_policy"), mc, sft.params, tokenizer=world.tokenizer,
                    lora=policy.tree, lora_config=policy.config)
     stages.done("export", f"Hugging Face folders in {out}/export (sft, ppo_policy merged)")
     summary = write_report(out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
-                           validation=val_report, rm_res=rm_res, rm=rm, ppo=ppo, hack=hack, report=report)
+                           validation=val_report, rm_res=rm_res, rm=rm, ppo=ppo, hack=hack, report=report,
+                           grpo=grpo)
     stages.done("report", f"{out}/report.md")
     return summary

@@ -115,9 +115,12 @@ def claims(report, ppo_hist, hack_hist) -> list[Claim]:
 def header(cfg, out: str, checked: list[Claim], seconds: float) -> list[str]:
     """Title, how the run was made, and for the miniature (or any run too small for some
     claims) what that means."""
-    quick = cfg == DemoConfig.quick()
-    command = (f"`rlhf-jax demo --quick --out {out}`" if quick else f"`rlhf-jax demo --out {out}`"
-               if cfg == DemoConfig() else f"`rlhf-jax demo --out {out}` with a custom configuration (`summary.json`)")
+    plain = dataclasses.replace(cfg, grpo_steps=0)  # --grpo: the same demo plus a GRPO run
+    grpo = " --grpo" if cfg.grpo_steps == cfg.ppo_steps else ""
+    quick = plain == DemoConfig.quick() and (grpo or not cfg.grpo_steps)
+    command = (f"`rlhf-jax demo --quick{grpo} --out {out}`" if quick else f"`rlhf-jax demo{grpo} --out {out}`"
+               if plain == DemoConfig() and (grpo or not cfg.grpo_steps) else
+               f"`rlhf-jax demo --out {out}` with a custom configuration (`summary.json`)")
     lines = ["# rlhf_jax demo: RLHF on the built-in toy world" + (" (miniature)" if quick else ""), ""]
     unchecked = [c for c in checked if not c.checked]
     if quick:
@@ -191,7 +194,26 @@ def evaluation_section(report) -> list[str]:
     return lines
 
 
-def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation, rm_res, rm, ppo, hack, report) -> dict:
+def grpo_section(report, cfg, ppo, grpo) -> list[str]:
+    """GRPO next to PPO (``rlhf-jax demo --grpo``): the same reward model, KL coefficient and
+    episodes per step; training scores and KL, and the paired held-out comparison."""
+    if grpo is None or "grpo" not in report.models:
+        return []
+    h, p = grpo.history, ppo.history
+    late = lambda hist, k: float(np.mean([r[k] for r in hist[-5:]]))  # noqa: E731
+    return ["## GRPO next to PPO", "",
+            f"GRPO: {len(h)} steps of {cfg.ppo_batch_size // cfg.grpo_group_size} prompts x G = "
+            f"{cfg.grpo_group_size} completions (PPO: {len(p)} steps of {cfg.ppo_batch_size} episodes), the same "
+            f"reward model, beta {cfg.kl_coef} (a k3 loss term; PPO's is in the reward), no critic. Last 5 steps: "
+            f"proxy reward {late(h, 'score'):.3f} (PPO {late(p, 'score'):.3f}), KL {late(h, 'kl'):.3f} nats "
+            f"(PPO {late(p, 'kl'):.3f}), gold {late(h, 'gold'):.3f} (PPO {late(p, 'gold'):.3f}). Curves: "
+            "`grpo/grpo_curves.png`.", "",
+            "### PPO (KL) -> GRPO on held-out prompts", "",
+            format_comparison(compare(report, before="ppo", after="grpo"), "ppo", "grpo"), ""]
+
+
+def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation, rm_res, rm, ppo, hack, report,
+                 grpo=None) -> dict:
     agreements = [r.agreement for r in stats.table.rows if r.agreement is not None]
     checked = claims(report, ppo.history, hack.history)
     total = sum(stages.durations.values())
@@ -216,13 +238,14 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         "Reward hacking (proxy reward vs the hidden gold rubric over PPO steps):", "",
         "![hacking](reward_hacking.png)", "",
         *evaluation_section(report),
+        *grpo_section(report, cfg, ppo, grpo),
         *family_section(report),
         "Full evaluation report: `eval/report.md`; exported models: `export/`.", "",
     ]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
     summary = {
-        "miniature": cfg == DemoConfig.quick(),
+        "miniature": dataclasses.replace(cfg, grpo_steps=0) == DemoConfig.quick(),
         "claims": [{"claim": c.claim, "pass": c.ok, "result": c.result, "checked": c.checked, "measured": c.measured,
                     "needs": c.needs} for c in checked],
         "sizes": checked[0].sizes if checked else {},
@@ -231,6 +254,7 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         "labeler_agreement": {r.labeler: r.agreement for r in stats.table.rows},
         "reward_model": rm_res.eval,
         "ppo_last": ppo.history[-1], "ppo_no_kl_last": hack.history[-1],
+        **({"grpo_last": grpo.history[-1]} if grpo is not None else {}),
         "evaluation": report.means(),
         "evaluation_by_family": {g: report.means(g) for g in report.group_names},
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),

@@ -2,6 +2,8 @@
 scorer protocol every RL algorithm's driver takes (reward models, Python functions, weighted
 sums). Sits below ``train/`` and ``evaluate/``; knows nothing of trainers."""
 
+from rlhf_jax.scoring.functions import (exact_match, length_target, normalize_answer, overlong_penalty, regex_match,
+                                        torch_classifier)
 from rlhf_jax.scoring.hf_classifier import (HFClassifier, HFClassifierScorer, classifier_architecture,
                                             hf_classifier_scores, load_hf_classifier)
 from rlhf_jax.scoring.io import load_reward_model, model_kind, save_reward_model
@@ -18,4 +20,6 @@ __all__ = [
     "critic_from_reward", "fold_head", "hf_classifier_scores", "hidden_states", "load_function", "load_hf_classifier",
     "load_reward_model", "load_reward_scorer", "model_kind", "normalize_on_policy_samples", "normalize_on_samples",
     "normalize_reward_model", "raw_scores", "reward_folder_kind", "reward_scores", "save_reward_model",
+    # verifiable rewards (functions.py)
+    "exact_match", "length_target", "normalize_answer", "overlong_penalty", "regex_match", "torch_classifier",
 ]

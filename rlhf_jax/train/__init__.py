@@ -1,9 +1,14 @@
 """Algorithms as ``(init, step)`` pairs of pure functions (SFT, reward model, PPO), the one loop
 that runs them (:func:`fit`: logging, checkpoints, resume, stop rules, the non-finite policy) and
-thin drivers (:func:`train_sft`, :func:`train_reward_model`, :func:`train_ppo`)."""
+thin drivers (:func:`train_sft`, :func:`train_reward_model`, :func:`train_ppo`; critic-free
+:func:`train_grpo`, :func:`train_rloo`, :func:`train_reinforce_pp`)."""
 
 from rlhf_jax.train.algorithm import Algorithm
 from rlhf_jax.train.batching import batch_indices, trim_padding
+from rlhf_jax.train.critic_free import (CriticFreeConfig, CriticFreeResult, CriticFreeRun, GRPOConfig, GroupBatch,
+                                        ReinforcePPConfig, RLOOConfig, make_grpo, make_reinforce_pp, make_rloo,
+                                        prepare_critic_free, prepare_grpo, prepare_reinforce_pp, prepare_rloo,
+                                        train_critic_free, train_grpo, train_reinforce_pp, train_rloo)
 from rlhf_jax.train.checkpoints import (RESUMABLE_CHANGES, Checkpoints, all_finite_leaves, restore_raw, run_record,
                                         tree_fingerprint)
 from rlhf_jax.train.errors import CheckpointError, NonFiniteError, RunError
@@ -29,4 +34,8 @@ __all__ = [
     "make_ppo_experience", "make_reward", "make_sft", "plot_curves", "preference_pairs", "prepare_ppo",
     "prepare_prompts", "read_metrics", "restore_raw", "reward_loss", "run_record", "sft_eval_sums", "train_ppo",
     "train_reward_model", "train_sft", "tree_fingerprint", "trim_padding",
+    # critic-free RL (critic_free/)
+    "CriticFreeConfig", "CriticFreeResult", "CriticFreeRun", "GRPOConfig", "GroupBatch", "RLOOConfig",
+    "ReinforcePPConfig", "make_grpo", "make_reinforce_pp", "make_rloo", "prepare_critic_free", "prepare_grpo",
+    "prepare_reinforce_pp", "prepare_rloo", "train_critic_free", "train_grpo", "train_reinforce_pp", "train_rloo",
 ]
