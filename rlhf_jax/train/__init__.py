@@ -1,11 +1,13 @@
-"""Algorithms as ``(init, step)`` pairs of pure functions (SFT, reward model, PPO), the one loop
+"""Algorithms as ``(init, step)`` pairs of pure functions (SFT, reward model, PPO, DPO), the one loop
 that runs them (:func:`fit`: logging, checkpoints, resume, stop rules, the non-finite policy) and
-thin drivers (:func:`train_sft`, :func:`train_reward_model`, :func:`train_ppo`)."""
+thin drivers (:func:`train_sft`, :func:`train_reward_model`, :func:`train_ppo`, :func:`train_dpo`)."""
 
 from rlhf_jax.train.algorithm import Algorithm
 from rlhf_jax.train.batching import batch_indices, trim_padding
 from rlhf_jax.train.checkpoints import (RESUMABLE_CHANGES, Checkpoints, all_finite_leaves, restore_raw, run_record,
                                         tree_fingerprint)
+from rlhf_jax.train.dpo import (DPOBatch, DPOConfig, DPOResult, encode_dpo_data, make_dpo, precompute_reference,
+                                train_dpo)
 from rlhf_jax.train.errors import CheckpointError, NonFiniteError, RunError
 from rlhf_jax.train.fit import FitContext, FitResult, fit
 from rlhf_jax.train.optim import OptimConfig, guarded_update, make_optimizer
@@ -19,11 +21,13 @@ from rlhf_jax.train.state import TrainState
 from rlhf_jax.train.trainable import init_trainable
 
 __all__ = [
-    "Algorithm", "CheckpointError", "Checkpoints", "Experience", "FitContext", "FitResult", "MetricsLogger",
-    "NonFiniteError", "OptimConfig", "PPOBatch", "PPOConfig", "PPOResult", "PPORun", "PPOState", "RESUMABLE_CHANGES",
-    "RewardConfig", "RewardResult", "RunConfig", "RunError", "SFTBatch", "SFTConfig", "SFTResult", "TrainState",
-    "advantages_from_arrays", "all_finite_leaves", "batch_indices", "encode_preferences", "encode_sft", "fit",
-    "guarded_update", "init_trainable", "lm_loss", "make_optimizer", "make_ppo", "make_ppo_experience", "make_reward",
-    "make_sft", "plot_curves", "preference_scores", "prepare_ppo", "read_metrics", "restore_raw", "reward_loss", "run_record", "sft_eval_sums",
-    "train_ppo", "train_reward_model", "train_sft", "tree_fingerprint", "trim_padding",
+    "Algorithm", "CheckpointError", "Checkpoints", "DPOBatch", "DPOConfig", "DPOResult", "Experience", "FitContext",
+    "FitResult", "MetricsLogger", "NonFiniteError", "OptimConfig", "PPOBatch", "PPOConfig", "PPOResult", "PPORun",
+    "PPOState", "RESUMABLE_CHANGES", "RewardConfig", "RewardResult", "RunConfig", "RunError", "SFTBatch", "SFTConfig",
+    "SFTResult", "TrainState", "advantages_from_arrays", "all_finite_leaves", "batch_indices", "encode_dpo_data",
+    "encode_preferences", "encode_sft", "fit", "guarded_update", "init_trainable", "lm_loss", "make_dpo",
+    "make_optimizer", "make_ppo", "make_ppo_experience", "make_reward", "make_sft", "plot_curves",
+    "precompute_reference", "preference_scores", "prepare_ppo", "read_metrics", "restore_raw", "reward_loss",
+    "run_record", "sft_eval_sums", "train_dpo", "train_ppo", "train_reward_model", "train_sft", "tree_fingerprint",
+    "trim_padding",
 ]
