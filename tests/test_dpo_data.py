@@ -102,6 +102,15 @@ def test_cli_dpo_trains_and_saves_the_policy(tmp_path, capsys):
     assert (out / "policy_adapter" / "adapter_config.json").exists()
     mc, _, _ = load_pretrained(str(out / "policy"))
     assert mc.vocab_size == cfg.vocab_size
-    assert main(["dpo", "--model", str(model), "--pairs", str(data), "--out", str(tmp_path / "x"),
-                 "--label_smoothing", "0.7"]) == 2
-    assert "label_smoothing" in capsys.readouterr().err
+    # routine mistakes: one line "error: ...", exit 2, nothing written (as test_cli_errors.py for the other stages)
+    refused = tmp_path / "x"
+    for extra, words in ((["--pairs", str(data), "--label_smoothing", "0.7"], "label_smoothing"),
+                         (["--data", str(data), "--max_prompt_length", "30"],
+                          "max_prompt_length 30 + max_completion_length 256 = 286 is beyond the model's context of 32"),
+                         (["--data", str(tmp_path / "nope.jsonl")], "nope.jsonl: no such file"),
+                         ([], "--data FILE")):
+        capsys.readouterr()
+        assert main(["dpo", "--model", str(model), "--out", str(refused), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert not refused.exists()

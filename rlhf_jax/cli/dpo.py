@@ -4,6 +4,8 @@ stages save theirs."""
 
 from __future__ import annotations
 
+import os
+
 from rlhf_jax.cli.common import add_model_flags, with_run, write_config
 from rlhf_jax.config_args import add_config_flags, config_from_args
 
@@ -12,12 +14,16 @@ def cmd_dpo(args) -> int:
     from rlhf_jax.cli.train import save_policy
     from rlhf_jax.model import load_pretrained
     from rlhf_jax.train import DPOConfig, train_dpo
+    from rlhf_jax.train.dpo import check_dpo_lengths
 
     cfg = with_run(config_from_args(DPOConfig, args, config_file=args.config), args)
     data = args.data or args.pairs
     if not data:
         raise ValueError("dpo: give the preference pairs with --data FILE (or --pairs FILE)")
+    if not os.path.exists(data):
+        raise FileNotFoundError(f"{data}: no such file or folder (--data)")
     mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
+    check_dpo_lengths(mc, cfg)  # before anything is written
     write_config(args.out, cfg)
     res = train_dpo(mc, base, tok, data, cfg)
     saved = save_policy(args.out, mc, base, res.policy, tok)
