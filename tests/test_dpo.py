@@ -198,3 +198,37 @@ def test_config_and_length_errors_are_one_clear_line(tiny):
         train_dpo(cfg, base, tok, _pairs(16), _config(1, max_prompt_length=30))
     with pytest.raises(ValueError, match="fewer than batch_size 8"):
         train_dpo(cfg, base, tok, _pairs(8), _config(1))
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+def test_prompt_once_loss_and_gradients_equal_the_unshared_pass(loss):
+    """The step's loss, metrics and gradients (w.r.t. the adapter, B != 0, and the base) with each
+    prompt computed once equal the plain pass over ``prompt + chosen`` and ``prompt + rejected`` as
+    two whole sequences (``rlhf_jax.rollout.response_logprobs``, as TRL computes them), within
+    1e-5 of each tensor's scale; left-padded prompts of lengths 6, 1, 3, completions of 1..5 tokens."""
+    from rlhf_jax.losses import sequence_logprobs
+    from rlhf_jax.rollout import response_logprobs
+    from rlhf_jax.train.dpo import DPOBatch, dpo_batch_loss
+    from tests.test_shared_prefix import _adapter, _batch, assert_trees_close
+
+    cfg = tiny_config()
+    base, adapter = jax.jit(lambda: tiny_base(cfg))(), jax.jit(lambda: _adapter(cfg))()
+    pt, pm, ct, cm, full, fmask = _batch(2)
+    b, n = pt.shape[0], ct.shape[1]
+    batch = DPOBatch(pt, pm, ct.reshape(b, 2, n), cm.reshape(b, 2, n))
+    config = DPOConfig(loss=loss, beta=0.5)
+
+    def unshared(tr, bs):
+        seq = lambda t: sequence_logprobs(response_logprobs(cfg, t, bs, full, fmask, n), cm).reshape(b, 2)
+        lengths = jnp.asarray(cm.sum(-1).reshape(b, 2), jnp.float32)
+        return dpo_objective(config, seq(tr), jax.lax.stop_gradient(seq(None)), lengths)
+
+    shared = lambda tr, bs: dpo_batch_loss(cfg, config, tr, bs, batch)
+    grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(adapter, base)
+    ((l1, m1), (ga1, gb1)), ((l2, m2), (ga2, gb2)) = grad(shared), grad(unshared)
+    assert abs(float(l2) - (math.log(2) if loss == "sigmoid" else 1.0)) > 1e-3  # the adapter moved the policy
+    np.testing.assert_allclose(l1, l2, atol=1e-5)
+    for k in m2:
+        np.testing.assert_allclose(m1[k], m2[k], atol=1e-5, err_msg=k)
+    assert_trees_close(ga1, ga2, "adapter")
+    assert_trees_close(gb1, gb2, "base")
