@@ -56,7 +56,7 @@ def dpo_objective(config: DPOConfig, policy: Float[Array, "B 2"], reference: Flo
     pi - log pi_ref)`` of the sums, ``accuracy`` = share of pairs whose chosen reward is the
     higher, ``margin`` = mean reward difference; ``logps_chosen`` / ``logps_rejected`` (policy);
     ``logratio`` = mean over completion tokens of ``log pi - log pi_ref`` on the data's
-    completions (exactly 0 while the policy equals the reference, e.g. at step 0; it is the k1 KL
+    completions (0 while the policy equals the reference, e.g. at step 0, to float rounding; the k1 KL
     estimator's form, but the completions are not the policy's samples, so it can be negative:
     DPO pushes the rejected completions' log-probs down)."""
     if config.loss == "ipo":
