@@ -232,3 +232,27 @@ def test_prompt_once_loss_and_gradients_equal_the_unshared_pass(loss):
         np.testing.assert_allclose(m1[k], m2[k], atol=1e-5, err_msg=k)
     assert_trees_close(ga1, ga2, "adapter")
     assert_trees_close(gb1, gb2, "base")
+
+
+def test_memory_estimate_equals_the_state_bytes_and_full_finetuning_holds_the_weights_twice(tiny):
+    """``dpo_memory``: base, policy and optimizer bytes equal the real trees ``make_dpo``'s init
+    builds; with full fine-tuning the policy is a second full copy of the base (the reference
+    stays), with LoRA a small adapter."""
+    from rlhf_jax.lora import tree_size
+    from rlhf_jax.train.dpo import dpo_memory
+
+    cfg, _, base = tiny
+    out = {}
+    for name, lora in (("lora", LoraConfig(rank=2, alpha=4.0)), ("full", None)):
+        config = _config(1, lora=lora)
+        est = dpo_memory(cfg, config)
+        state = make_dpo(cfg, make_optimizer(config.optim), config).init(jax.random.PRNGKey(0), base)
+        assert (est.base, est.policy, est.optimizer) == (tree_size(base)[1], tree_size(state.params)[1],
+                                                          tree_size(state.opt_state)[1])
+        assert est.total == est.held + est.activations + est.logits and est.activations > 0
+        assert "total" in est.summary()
+        out[name] = est
+    assert out["full"].policy == out["full"].base and out["lora"].policy < out["full"].base / 5
+    # float32: base + copy + its gradient + two Adam moments = 5x the base (+ Adam's step counter)
+    assert 5 * out["full"].base <= out["full"].held <= 5 * out["full"].base + 16
+    assert out["lora"].held < 1.5 * out["lora"].base
