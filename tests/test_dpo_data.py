@@ -73,7 +73,7 @@ def test_forced_format_and_bad_rows_name_the_row(tok, tmp_path):
     with pytest.raises(Exception, match=r"bad.jsonl:2"):
         encode_dpo_data(tok, str(path), DPOConfig())
     with pytest.raises(Exception, match="preference"):
-        encode_dpo_data(tok, EXAMPLES["standard_prompt_only"], DPOConfig(data=DataConfig()))
+        encode_dpo_data(tok, EXAMPLES["standard_prompt_only"], DPOConfig(), data_config=DataConfig())
 
 
 def test_cli_dpo_trains_and_saves_the_policy(tmp_path, capsys):

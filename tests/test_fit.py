@@ -19,6 +19,7 @@ from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_to
 
 PROMPTS = [f"w{i % 5} w{(i + 1) % 5}" for i in range(40)]
 COMPLETIONS = [f"w{10 + i % 5} w{10 + (i + 2) % 5} w15" for i in range(40)]
+SFT_ROWS = [{"prompt": p, "completion": c} for p, c in zip(PROMPTS, COMPLETIONS)]
 to_np = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
@@ -73,7 +74,7 @@ def _sft(tiny, out, steps, **run):
     cfg, tok, base = tiny
     optim = run.pop("optim", OptimConfig(learning_rate=1e-2))
     lora = run.pop("lora", LoraConfig(rank=2, alpha=4.0))
-    return train_sft(cfg, run.pop("base", base), tok, PROMPTS, COMPLETIONS, SFTConfig(
+    return train_sft(cfg, run.pop("base", base), tok, SFT_ROWS, SFTConfig(
         lora=lora, batch_size=8, max_length=10, eval_fraction=0.0, optim=optim,
         run=RunConfig(max_steps=steps, out_dir=str(out), progress=False, tensorboard=False, **run)))
 

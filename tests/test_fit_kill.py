@@ -24,7 +24,8 @@ out, steps = sys.argv[1], int(sys.argv[2])
 P = [f"w{i % 5} w{(i + 1) % 5}" for i in range(40)]
 C = [f"w{10 + i % 5} w{10 + (i + 2) % 5} w15" for i in range(40)]
 cfg = tiny_config()
-res = train_sft(cfg, tiny_base(cfg), tiny_tokenizer(), P, C, SFTConfig(
+rows = [{"prompt": p, "completion": c} for p, c in zip(P, C)]
+res = train_sft(cfg, tiny_base(cfg), tiny_tokenizer(), rows, SFTConfig(
     lora=LoraConfig(rank=2, alpha=4.0), batch_size=8, max_length=10, eval_fraction=0.0,
     optim=OptimConfig(learning_rate=1e-2),
     run=RunConfig(max_steps=steps, out_dir=out, progress=False, tensorboard=False, checkpoint_every=1,

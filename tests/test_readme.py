@@ -5,7 +5,8 @@ A block may be preceded by one HTML comment that the harness reads:
 
 - ``<!-- readme-test: setup=NAME[,NAME] -->``: files the block says it needs are made first
   (``demo_export``: the folder ``make demo`` exports, here a tiny random model with a tokenizer;
-  ``cli_files``: ``base_hf/`` and the JSONL files the command-line example names);
+  ``cli_files``: ``base_hf/`` and the JSONL files the command-line example names; ``chat_model``:
+  a local Qwen2 chat folder and the data files of the own-model-and-data run);
 - ``<!-- readme-test: devices=8 -->``: run with 8 CPU devices (``XLA_FLAGS``);
 - ``<!-- readme-test: skip: REASON -->``: not run here (a server that blocks, 8 accelerators); the
   reason must name the test file that covers it instead, which is checked.
@@ -75,7 +76,39 @@ def _cli_files(root: Path) -> None:
             f.writelines(json.dumps({"prompt": p}) + "\n" for p in rows)
 
 
-SETUPS = {"demo_export": _demo_export, "cli_files": _cli_files}
+def _chat_model(root: Path) -> None:
+    """A local chat model and the data files of the "your own model and data" command-line run: a
+    tiny Qwen2 folder (BPE tokenizer, ChatML template), multi-turn chats, conversational
+    preferences, a save_to_disk prompt set, held-out prompt-completion chats, a Python reward and a
+    Qwen2ForSequenceClassification made by transformers on the model's body."""
+    import datasets
+
+    from tests.chat_fixtures import write_dataset
+    from tests.own_data_fixtures import chat_model_folder, classifier_folder
+
+    model = chat_model_folder(root / "chat_model")
+    classifier_folder(model, root / "classifier")
+    things = [("sky", "blue", "green"), ("grass", "green", "purple"), ("sun", "yellow", "blue"),
+              ("sea", "blue", "red"), ("snow", "white", "black"), ("night", "dark", "bright"), ("fire", "red", "blue"),
+              ("sand", "yellow", "green"), ("milk", "white", "green"), ("coal", "black", "white"),
+              ("leaf", "green", "pink"), ("rose", "red", "grey")]
+    user = lambda t: {"role": "user", "content": f"What color is the {t}?"}
+    says = lambda c: {"role": "assistant", "content": f"It is {c}."}
+    chats = [{"messages": [{"role": "system", "content": "You are a terse assistant."}, user(t), says(c),
+                           {"role": "user", "content": "Are you sure?"}, says(c)]} for t, c, _ in things]
+    write_dataset(chats, root / "chats.jsonl")
+    write_dataset([{"prompt": [user(t)], "chosen": [says(c)], "rejected": [says(r)]} for t, c, r in things],
+                  root / "prefs.parquet", "parquet")
+    prompts = [{"prompt": [user(t)]} for t, _, _ in things]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(prompts[:8]),
+                          "test": datasets.Dataset.from_list(prompts[8:])}).save_to_disk(str(root / "prompts"))
+    write_dataset([{"prompt": [user(t)], "completion": [says(c)]} for t, c, _ in things[8:]], root / "heldout.json",
+                  "json")
+    (root / "my_rewards.py").write_text("def brevity(prompts, completions):\n"
+                                        "    return [-len(c) / 20 for c in completions]\n")
+
+
+SETUPS = {"demo_export": _demo_export, "cli_files": _cli_files, "chat_model": _chat_model}
 
 
 @pytest.mark.slow

@@ -92,7 +92,8 @@ def test_use_margin_subtracts_each_pairs_margin():
     log(1 + e^3) = 3.0486 with m = 3 on every pair."""
     cfg, tok = tiny_config(), tiny_tokenizer()
     base = tiny_base(cfg)
-    pairs = [{"prompt": f"w{i % 7}", "chosen": f"w{8 + i % 5} w15", "rejected": f"w{8 + i % 5} w15", "margin": 3.0}
+    # two spaces: a different string (the data layer refuses identical pairs), the same tokens
+    pairs = [{"prompt": f"w{i % 7}", "chosen": f"w{8 + i % 5} w15", "rejected": f"w{8 + i % 5}  w15", "margin": 3.0}
              for i in range(32)]
     run = lambda use: train_reward_model(cfg, base, tok, pairs, RewardConfig(
         use_margin=use, batch_size=32, max_length=8, eval_fraction=0.0, run=RunConfig(max_steps=1, progress=False)))

@@ -14,6 +14,7 @@ from tests.trainer_fixtures import tiny_base, tiny_config, tiny_tokenizer
 
 PROMPTS = [f"w{i % 5} w{(i + 1) % 5}" for i in range(40)]
 COMPLETIONS = [f"w{10 + i % 5} w{10 + (i + 2) % 5} w15" for i in range(40)]
+ROWS = [{"prompt": p, "completion": c} for p, c in zip(PROMPTS, COMPLETIONS)]
 
 
 def test_loss_mask_covers_completion_and_eos_only():
@@ -40,7 +41,7 @@ def test_lora_sft_learns_merges_and_resumes_exactly(tmp_path):
     cfg, tok = tiny_config(), tiny_tokenizer()
     base = tiny_base(cfg)
     base_copy = jax.tree_util.tree_map(np.array, base)
-    sft = lambda out, steps, **kw: train_sft(cfg, base, tok, PROMPTS, COMPLETIONS, SFTConfig(
+    sft = lambda out, steps, **kw: train_sft(cfg, base, tok, ROWS, SFTConfig(
         lora=LoraConfig(rank=4, alpha=8.0), batch_size=8, max_length=10, eval_fraction=0.2,
         optim=OptimConfig(learning_rate=1e-2),
         run=RunConfig(max_steps=steps, out_dir=str(out), progress=False, **kw)))
@@ -70,7 +71,7 @@ def test_full_finetuning_trains_a_copy(tmp_path):
     cfg, tok = tiny_config(), tiny_tokenizer()
     base = tiny_base(cfg, head_scale=1.0)
     before = jax.tree_util.tree_map(np.array, base)
-    ok = train_sft(cfg, base, tok, PROMPTS, COMPLETIONS, SFTConfig(
+    ok = train_sft(cfg, base, tok, ROWS, SFTConfig(
         batch_size=8, max_length=10, optim=OptimConfig(learning_rate=1e-2), run=RunConfig(max_steps=3, progress=False)))
     assert ok.lora is None and ok.history[-1]["loss"] < ok.history[0]["loss"]
     assert jax.tree_util.tree_structure(ok.params) == jax.tree_util.tree_structure(base)
@@ -79,7 +80,7 @@ def test_full_finetuning_trains_a_copy(tmp_path):
 
 def test_eval_every_logs_heldout_loss_during_the_run():
     cfg, tok = tiny_config(), tiny_tokenizer()
-    res = train_sft(cfg, tiny_base(cfg), tok, PROMPTS, COMPLETIONS, SFTConfig(
+    res = train_sft(cfg, tiny_base(cfg), tok, ROWS, SFTConfig(
         lora=LoraConfig(rank=2), batch_size=8, max_length=10, eval_fraction=0.2, eval_every=2,
         run=RunConfig(max_steps=4, progress=False)))
     assert [("eval_loss" in r) for r in res.history] == [False, True, False, True]

@@ -4,7 +4,9 @@
 Each stage is driven by the same frozen configs as the Python API: every config field is a flag
 (``--optim.learning_rate 1e-4``), ``--config FILE.json`` gives values the flags override, and the
 config used is written next to the results (``config.json``). Models and tokenizers are local
-Hugging Face folders; data is JSONL, a JSON list or Parquet. Nothing is downloaded.
+Hugging Face folders; data is JSONL, a JSON list, Parquet or a ``save_to_disk`` folder in TRL's
+standard or conversational formats (``--format``, ``--split``, ``--chat_template``). Nothing is
+downloaded.
 
 A mistake in the input prints one line ``error: ...`` and exits with status 2; a run that cannot
 make progress (non-finite weights, losses or rewards) exits with status 1. ``--debug`` shows the

@@ -1,5 +1,6 @@
-"""What every command shares: reading data files, the common flags, the run config from flags,
-the config written next to the results."""
+"""What every command shares: reading datasets (``--data``/``--pairs``/``--prompts`` with
+``--format``, ``--split``, ``--chat_template``), the model, the common flags, the run config from
+flags, the config written next to the results."""
 
 from __future__ import annotations
 
@@ -75,3 +76,83 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", help="device mesh, e.g. data=2,fsdp=2,tensor=2 (-1 fills one axis); default one device")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host on a pod)")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """``--format``, ``--split`` and ``--chat_template``: how a stage reads its dataset (see
+    :class:`rlhf_jax.data.DataConfig`); any command that reads a dataset adds them."""
+    p.add_argument("--format", default=None, metavar="FORMAT",
+                   help="force the dataset format instead of detecting it from the fields: language_modeling, "
+                        "prompt_only, prompt_completion, preference, implicit_preference, optionally prefixed "
+                        "standard_ or conversational_ (e.g. prompt_only reads the prompts of a preference file)")
+    p.add_argument("--split", default=None, help="the split of a save_to_disk folder holding a DatasetDict")
+    p.add_argument("--chat_template", default=None, metavar="FILE.jinja",
+                   help="a Jinja chat template for conversational data, overriding (or supplying) the tokenizer's; "
+                        "it is saved with the tokenizer of every model this command writes")
+
+
+def data_config(args):
+    """The :class:`rlhf_jax.data.DataConfig` of ``--format``, ``--split``, ``--chat_template``."""
+    from rlhf_jax.data import DataConfig
+
+    return DataConfig(format=getattr(args, "format", None), split=getattr(args, "split", None),
+                      chat_template=getattr(args, "chat_template", None))
+
+
+def load_data(args, attr: str, *, field: str | None = None):
+    """The rows of the dataset named by ``args.<attr>`` (a JSONL/JSON/Parquet file or a
+    ``save_to_disk`` folder, ``--split`` applied), errors naming the file and row. ``field``: the
+    prompts are in this field instead of ``prompt`` (``--prompt-field``)."""
+    from rlhf_jax.data import DataError, Rows, load_rows
+
+    path = getattr(args, attr)
+    rows = load_rows(path, split=getattr(args, "split", None))
+    if field is None or field == "prompt":
+        return rows
+    renamed = []
+    for i, row in enumerate(rows):
+        if row.get(field) is None:
+            raise DataError(f"{rows.where(i)}: no field {field!r} (--prompt-field {field})")
+        renamed.append({"prompt": row[field]})
+    return Rows(tuple(renamed), rows.source, rows.lines)
+
+
+def load_model(args, *, dtype: str | None = None):
+    """``(model_config, params, tokenizer)`` of ``--model``; ``--chat_template`` becomes the
+    tokenizer's template, so it travels with every tokenizer the command saves."""
+    from rlhf_jax.data import resolve_chat_template
+    from rlhf_jax.model import load_pretrained
+
+    mc, params, tok = load_pretrained(args.model, dtype=dtype or args.dtype)
+    if getattr(args, "chat_template", None):
+        tok.chat_template = resolve_chat_template(tok, args.chat_template).text
+    return mc, params, tok
+
+
+def chat_template_of(tokenizer, args):
+    """The chat template in use (``--chat_template`` or the tokenizer's), or None."""
+    from rlhf_jax.data import resolve_chat_template
+
+    return resolve_chat_template(tokenizer, getattr(args, "chat_template", None))
+
+
+def stop_ids(args, tokenizer, model_config, report) -> tuple[int, ...]:
+    """Where generation stops for a dataset read as ``report`` says: the model's and tokenizer's EOS,
+    and the chat template's end of turn when the data is conversational."""
+    from rlhf_jax.data import stop_token_ids
+
+    template = chat_template_of(tokenizer, args) if report.format.startswith("conversational") else None
+    return stop_token_ids(tokenizer, model_config, template)
+
+
+def add_reward_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--reward FOLDER`` and ``--reward_fn module:function[:weight]`` (repeatable)."""
+    p.add_argument("--reward", required=False,
+                   help="reward folder: one written by `rlhf-jax reward` (over --model's base), or a Hugging Face "
+                        "*ForSequenceClassification folder (detected from its config.json; shares --model's base "
+                        "when its body has the same weights)" + ("" if not required else
+                                                                 "; --reward and/or --reward_fn is required"))
+    p.add_argument("--reward_fn", action="append", default=[], metavar="MODULE:FUNCTION[:WEIGHT]",
+                   help="a Python reward fn(prompts, completions) -> one float per completion (a module importable "
+                        "from the working directory, or path/to/file.py:function); repeatable; with --reward or "
+                        "several, the score is the weighted sum (weight default 1)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from rlhf_jax.cli.common import column, read_rows
+from rlhf_jax.cli.common import add_data_flags, add_reward_flags, data_config, load_data, load_model, stop_ids
 
 
 def parse_policy(spec: str) -> tuple[str, str]:
@@ -19,12 +19,13 @@ def parse_policy(spec: str) -> tuple[str, str]:
 
 
 def cmd_evaluate(args) -> int:
+    from rlhf_jax.data import encode_prompt_data
     from rlhf_jax.evaluate import EvalConfig, ModelSpec, compare, evaluate, format_comparison
     from rlhf_jax.model import load_pretrained
     from rlhf_jax.rollout import SamplingConfig
-    from rlhf_jax.scoring import ModelScorer, load_reward_model
+    from rlhf_jax.scoring import build_scorer
 
-    mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
+    mc, base, tok = load_model(args)
     ref = ModelSpec("reference", mc, base)
     models = [ref]
     for spec in args.policy:
@@ -34,13 +35,17 @@ def cmd_evaluate(args) -> int:
             raise ValueError(f"{folder} has vocab {pmc.vocab_size}, the reference {mc.vocab_size}: they do not share "
                              "a tokenizer")
         models.append(ModelSpec(name, pmc, None, pparams))
-    rows = read_rows(args.prompts)
-    prompts = column(rows, args.prompt_field, args.prompts)[: args.max_prompts]
-    reward = ModelScorer(mc, load_reward_model(args.reward)) if args.reward else None
+    data = load_data(args, "prompts", field=args.prompt_field)
+    encoded, read = encode_prompt_data(data, tok, data_config=data_config(args))
+    prompts = encoded.texts[: args.max_prompts]  # conversations rendered with the generation prompt
+    reward = None
+    if args.reward or args.reward_fn:
+        reward = build_scorer(args.reward, args.reward_fn, model_config=mc, base=base, tokenizer=tok, dtype=args.dtype)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              eos_ids=stop_ids(args, tok, mc, read))
+    print(f"evaluate: {read.summary()}; {len(prompts)} prompts; stop tokens {list(sampling.eos_ids)}")
     report = evaluate(models, reference=ref, tokenizer=tok, prompts=prompts, reward=reward,
-                      config=EvalConfig(sampling=SamplingConfig(max_new_tokens=args.max_new_tokens,
-                                                                temperature=args.temperature),
-                                        samples_per_prompt=args.samples, seed=args.seed))
+                      config=EvalConfig(sampling=sampling, samples_per_prompt=args.samples, seed=args.seed))
     os.makedirs(args.out, exist_ok=True)
     report.to_json(os.path.join(args.out, "eval.json"))
     report.to_markdown(os.path.join(args.out, "report.md"))
@@ -58,8 +63,11 @@ def add_evaluate_command(sub) -> None:
     p.add_argument("--policy", action="append", default=[], metavar="NAME=PATH",
                    help="an aligned model's HF folder, named NAME in the report (repeatable; a bare PATH is named "
                         "after its folder)")
-    p.add_argument("--reward", help="reward model folder written by `rlhf-jax reward` (over --model's base)")
-    p.add_argument("--prompts", required=True, help="JSONL/Parquet with a 'prompt' field")
+    add_reward_flags(p, required=False)
+    p.add_argument("--prompts", required=True,
+                   help="prompt-only, prompt-completion or preference rows (their prompts), strings or message lists "
+                        "(rendered with the chat template): .jsonl, .json, .parquet or a save_to_disk folder")
+    add_data_flags(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--prompt-field", default="prompt", help="name of the prompt field (default: prompt)")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (default 4)")

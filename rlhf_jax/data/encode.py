@@ -75,14 +75,21 @@ class SFTExample(NamedTuple):
 
 
 class SFTBatch(NamedTuple):
-    """Left-padded SFT rows (the fields of :class:`rlhf_jax.train.sft.SFTData`)."""
+    """Tokenised SFT rows (host NumPy or device arrays; the one batch type of SFT, also
+    ``rlhf_jax.train.SFTBatch``): ``loss_mask`` marks the tokens that are predicted (the
+    completion, its EOS, the assistant turns). Packed rows also carry ``segment_ids`` and
+    ``positions`` (several examples per row, see :class:`rlhf_jax.model.Transformer`)."""
 
-    input_ids: Int[np.ndarray, "B T"]
+    input_ids: Int[Any, "B T"]
     """int32 token ids, the pad id on padding."""
-    attention_mask: Int[np.ndarray, "B T"]
+    attention_mask: Int[Any, "B T"]
     """int32, 1 on real tokens."""
-    loss_mask: Int[np.ndarray, "B T"]
+    loss_mask: Int[Any, "B T"]
     """int32, 1 on the tokens the loss scores."""
+    segment_ids: Int[Any, "B T"] | None = None
+    """Packed rows: 1, 2, ... per example in the row, 0 on padding; ``None`` for padded rows."""
+    positions: Int[Any, "B T"] | None = None
+    """Packed rows: each token's position within its own example; ``None`` for padded rows."""
 
 
 def _with_eos(tokenizer, ids: list[int], append_eos: bool) -> list[int]:

@@ -62,7 +62,8 @@ def run_sft(cfg: DemoConfig, world, out: str, stages: Stages, progress: bool):
     tok = world.tokenizer
     mc = _model_config(cfg, tok)
     init = Transformer(mc).init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 4), jnp.int32))["params"]
-    res = train_sft(mc, init, tok, [ex.prompt for ex in world.corpus], [_strip_eos(ex.completion) for ex in world.corpus],
+    rows = [{"prompt": ex.prompt, "completion": _strip_eos(ex.completion)} for ex in world.corpus]
+    res = train_sft(mc, init, tok, rows,
                     SFTConfig(batch_size=cfg.sft_batch_size, max_length=cfg.max_length, eval_fraction=0.05,
                               optim=OptimConfig(learning_rate=cfg.sft_learning_rate, warmup_steps=20),
                               run=RunConfig(max_steps=cfg.sft_steps, seed=cfg.seed, out_dir=os.path.join(out, "sft"),

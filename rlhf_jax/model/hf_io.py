@@ -149,6 +149,13 @@ class _SafetensorsFolder(Mapping):
         return len(self._where)
 
 
+def read_safetensors(path: str) -> Mapping[str, np.ndarray]:
+    """The tensors of a local folder's ``model.safetensors`` (or sharded index), ``{name: array}``,
+    each read from disk when accessed (for folders :func:`load_pretrained` does not take whole,
+    e.g. a sequence classifier's body and score head)."""
+    return _SafetensorsFolder(_check_folder(path))
+
+
 def _hf_key(name: str, config: ModelConfig) -> str:
     """GPT-2 checkpoints saved from ``GPT2Model`` lack the ``transformer.`` prefix; Llama ones saved
     from the bare model lack ``model.``: our name for a checkpoint's tensor name."""

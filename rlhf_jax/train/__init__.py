@@ -13,21 +13,23 @@ from rlhf_jax.train.fit import FitContext, FitResult, fit
 from rlhf_jax.train.optim import OptimConfig, guarded_update, make_optimizer
 from rlhf_jax.train.ppo import (Experience, PPOBatch, PPOConfig, PPOResult, PPORun, PPOState, advantages_from_arrays,
                                 make_ppo, make_ppo_experience, prepare_ppo, train_ppo)
-from rlhf_jax.train.reward import (RewardConfig, RewardResult, encode_preferences, make_reward, preference_scores,
-                                   reward_loss, train_reward_model)
+from rlhf_jax.train.prompt_data import RLPrompts, prepare_prompts
+from rlhf_jax.train.reward import (RewardConfig, RewardResult, encode_preferences, make_reward, preference_pairs,
+                                   preference_scores, reward_loss, train_reward_model)
 from rlhf_jax.train.run import MetricsLogger, RunConfig, plot_curves, read_metrics
-from rlhf_jax.train.sft import SFTBatch, SFTConfig, SFTResult, encode_sft, lm_loss, make_sft, sft_eval_sums, train_sft
+from rlhf_jax.train.sft import (SFTBatch, SFTConfig, SFTResult, encode_sft, layout_examples, lm_loss, make_sft,
+                                sft_eval_sums, train_sft)
 from rlhf_jax.train.state import TrainState
 from rlhf_jax.train.trainable import init_trainable
 
 __all__ = [
     "Algorithm", "CheckpointError", "Checkpoints", "DPOBatch", "DPOConfig", "DPOResult", "Experience", "FitContext",
     "FitResult", "MetricsLogger", "NonFiniteError", "OptimConfig", "PPOBatch", "PPOConfig", "PPOResult", "PPORun",
-    "PPOState", "RESUMABLE_CHANGES", "RewardConfig", "RewardResult", "RunConfig", "RunError", "SFTBatch", "SFTConfig",
-    "SFTResult", "TrainState", "advantages_from_arrays", "all_finite_leaves", "batch_indices", "encode_dpo_data",
-    "encode_preferences", "encode_sft", "fit", "guarded_update", "init_trainable", "lm_loss", "make_dpo",
-    "make_optimizer", "make_ppo", "make_ppo_experience", "make_reward", "make_sft", "plot_curves",
-    "precompute_reference", "preference_scores", "prepare_ppo", "read_metrics", "restore_raw", "reward_loss",
-    "run_record", "sft_eval_sums", "train_dpo", "train_ppo", "train_reward_model", "train_sft", "tree_fingerprint",
-    "trim_padding",
+    "PPOState", "RESUMABLE_CHANGES", "RLPrompts", "RewardConfig", "RewardResult", "RunConfig", "RunError", "SFTBatch",
+    "SFTConfig", "SFTResult", "TrainState", "advantages_from_arrays", "all_finite_leaves", "batch_indices",
+    "encode_dpo_data", "encode_preferences", "encode_sft", "fit", "guarded_update", "init_trainable", "layout_examples",
+    "lm_loss", "make_dpo", "make_optimizer", "make_ppo", "make_ppo_experience", "make_reward", "make_sft",
+    "plot_curves", "precompute_reference", "preference_pairs", "preference_scores", "prepare_ppo", "prepare_prompts",
+    "read_metrics", "restore_raw", "reward_loss", "run_record", "sft_eval_sums", "train_dpo", "train_ppo",
+    "train_reward_model", "train_sft", "tree_fingerprint", "trim_padding",
 ]

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.config_checks import at_least, in_range, one_of
+from rlhf_jax.data import DataConfig, EncodeReport, encode_preference_data
 from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings, pad_token_id
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.losses import bradley_terry_loss, ranking_loss
@@ -141,16 +142,32 @@ class RewardResult(NamedTuple):
     report: Any
     """The :class:`rlhf_jax.feedback.BatchReport` of the tokenisation (what was skipped)."""
     stop_reason: str
+    data_report: EncodeReport | None = None
+    """How the preference dataset was read (its format, rows); ``None`` for rankings."""
 
 
-def encode_preferences(tokenizer, data, config: RewardConfig) -> tuple[dict, Any]:
+def preference_pairs(data: Any, tokenizer, *, data_config: DataConfig = DataConfig()
+                    ) -> tuple[list[dict], bool | None, EncodeReport]:
+    """Any preference dataset (explicit or implicit prompt, strings or conversations; a path, a
+    ``datasets.Dataset``, rows or :class:`rlhf_jax.feedback.PairRecord` s) as the text rows
+    ``prompt, chosen, rejected[, margin]`` that :func:`encode_preferences` takes, with its
+    ``add_bos`` (``False`` for conversations: the rendered texts carry the template's own BOS) and
+    the data layer's report (:func:`rlhf_jax.data.encode_preference_data`)."""
+    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "to_dict"):
+        data = [p.to_dict() for p in data]
+    pairs, report = encode_preference_data(data, tokenizer, data_config=data_config)
+    rows = [{k: p[k] for k in ("prompt", "chosen", "rejected", "margin") if k in p} for p in pairs]
+    return rows, (False if report.format.startswith("conversational") else None), report
+
+
+def encode_preferences(tokenizer, data, config: RewardConfig, *, add_bos: bool | None = None) -> tuple[dict, Any]:
     """Host arrays of pairs (``margin``) or rankings (``ranks``, ``valid``) with each prompt once:
     ``prompt_ids``/``prompt_mask`` ``[N, P]`` and the completions ``input_ids``/``attention_mask``
     ``[N, K, C]`` (K = 2 for pairs, chosen first; see :func:`reward_loss`), and the tokenisation
     report. Sequences are tokenised as :func:`rlhf_jax.feedback.encode_pairs` does (its truncation
-    and skipping rules), then cut at the prefix each group shares
-    (:func:`rlhf_jax.train.grouped_batches.split_shared_prefix`)."""
-    bc = BatchConfig(max_length=config.max_length)
+    and skipping rules; ``add_bos``: see :class:`rlhf_jax.feedback.BatchConfig`), then cut at the
+    prefix each group shares (:func:`rlhf_jax.train.grouped_batches.split_shared_prefix`)."""
+    bc = BatchConfig(max_length=config.max_length, add_bos=add_bos)
     if config.loss == "pairwise":
         batch, report = encode_pairs(tokenizer, data, config=bc)
         extra = {"margin": batch.margin}
@@ -175,17 +192,26 @@ def preference_rows(arrays: dict, idx, pad_multiple: int) -> dict:
     return dict(trim_padding({k: v[idx] for k, v in arrays.items()}, multiple=pad_multiple))
 
 
-def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: Sequence[Any],
-                       config: RewardConfig) -> RewardResult:
+def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: Any, config: RewardConfig, *,
+                       data_config: DataConfig = DataConfig()) -> RewardResult:
     """Train a reward model over ``base`` with :func:`make_reward` run by :func:`rlhf_jax.train.fit`.
 
     Args:
-      data: pairs (rows with ``prompt``, ``chosen``, ``rejected`` [, ``margin``], e.g. the
-        ``datasets.Dataset`` of :func:`rlhf_jax.feedback.rankings_to_pairs`) for ``loss="pairwise"``;
-        ranked items (``prompt``, ``completions``, ``ranks``) for ``loss="ranking"``.
+      data: for ``loss="pairwise"``, any preference dataset (:func:`preference_pairs`): rows with
+        ``prompt``, ``chosen``, ``rejected`` [, ``margin``] or the implicit ``chosen``,
+        ``rejected``, strings or conversations (rendered with the chat template), as a path (JSONL,
+        JSON, Parquet, ``save_to_disk`` folder), a ``datasets.Dataset`` (e.g. from
+        :func:`rlhf_jax.feedback.feedback_to_pairs`) or a list; for ``loss="ranking"``, ranked
+        items (``prompt``, ``completions``, ``ranks``).
+      data_config: ``format``, ``split``, ``chat_template`` of a preference dataset.
     """
     check_context(model_config, who="reward", max_length=config.max_length)
-    arrays, report = encode_preferences(tokenizer, data, config)
+    data_report = None
+    if config.loss == "pairwise":
+        data, add_bos, data_report = preference_pairs(data, tokenizer, data_config=data_config)
+        arrays, report = encode_preferences(tokenizer, data, config, add_bos=add_bos)
+    else:
+        arrays, report = encode_preferences(tokenizer, data, config)
     n = arrays["input_ids"].shape[0]
     n_eval = int(round(n * config.eval_fraction))
     order = np.random.default_rng(config.run.seed).permutation(n)
@@ -218,4 +244,4 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: S
     res = fit(algo.step, state, base, batches, run=config.run, name="reward", log_keys=("loss", "accuracy"),
               evaluate=evaluate, eval_every=config.eval_every, record={"config": config, "data": arrays})
     rm = res.state.params._replace(gain=1.0, bias=0.0)
-    return RewardResult(rm, res.state, res.history, res.final_eval, report, res.stop_reason)
+    return RewardResult(rm, res.state, res.history, res.final_eval, report, res.stop_reason, data_report)

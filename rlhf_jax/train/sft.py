@@ -1,19 +1,22 @@
-"""Supervised fine-tuning: the causal-LM loss on the completion tokens only (prompt tokens masked),
-a LoRA adapter or full fine-tuning; :func:`train_sft` ends by handing back the base for RLHF
-(the adapter merged in)."""
+"""Supervised fine-tuning: the causal-LM loss on the tokens a dataset marks (the completion of
+prompt-completion rows, every assistant turn of a conversation, every token of a plain text), a
+LoRA adapter or full fine-tuning, padded or packed rows; :func:`train_sft` ends by handing back the
+base for RLHF (the adapter merged in)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int
 
-from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
+from rlhf_jax.config_checks import at_least, check, in_range, one_of
+from rlhf_jax.data import (DataConfig, EncodeReport, PackReport, SFTBatch, SFTDataConfig, pack_examples, pad_left,
+                           padding_id, tokenize_sft)
 from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
 from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
 from rlhf_jax.losses import masked_mean, token_logprobs
@@ -29,16 +32,26 @@ from rlhf_jax.train.trainable import init_trainable
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SFTConfig:
-    """Supervised fine-tuning on prompt/completion pairs."""
+    """Supervised fine-tuning on any SFT dataset (language modeling or prompt-completion, standard
+    or conversational: see :mod:`rlhf_jax.data`)."""
 
     lora: LoraConfig | None = None
     """Train a LoRA adapter (merged into the base at the end); ``None``: full fine-tuning."""
     batch_size: int = 16
     """Sequences per update."""
     max_length: int = 64
-    """Context length; longer prompts are cut from the left, too-long completions skipped (counted)."""
+    """Tokens per row; a longer prompt is cut from the left, a longer text or conversation keeps its
+    start, a completion that does not fit alone is skipped (all counted in the report)."""
     append_eos: bool = True
-    """Append the tokenizer's EOS to every completion (off when the texts already end with it)."""
+    """Append the tokenizer's EOS to standard texts and completions that do not end with it
+    (conversations end with the template's end-of-turn token instead)."""
+    packing: bool = False
+    """Pack several examples into each row of ``max_length`` tokens (``segment_ids``: no attention
+    across examples, positions restart in each); ``batch_size`` then counts packed rows. The
+    token-mean loss equals the unpacked one on the same examples."""
+    packing_strategy: str = "best_fit"
+    """``"best_fit"``: longest example first into the fullest row that fits (fewest rows);
+    ``"sequential"``: in data order."""
     pad_multiple: int = 8
     """Each batch is cut to its longest sequence, rounded up to a multiple of this (a few
     compiled shapes, no work on columns that are padding in every row); ``0``: every batch keeps
@@ -55,20 +68,16 @@ class SFTConfig:
     def __post_init__(self):
         at_least(self, "batch_size", 1, integer=True)
         at_least(self, "max_length", 2, integer=True)
+        check(self, "packing", isinstance(self.packing, bool), "a boolean")
+        one_of(self, "packing_strategy", ("best_fit", "sequential"))
         at_least(self, "pad_multiple", 0, integer=True)
         in_range(self, "eval_fraction", 0, 1, high_open=True)
         at_least(self, "eval_every", 0, integer=True)
 
-class SFTBatch(NamedTuple):
-    """Tokenised SFT rows (host NumPy or device arrays): ``loss_mask`` marks the tokens that are
-    predicted (the completion, its EOS). Packed rows also carry ``segment_ids`` and ``positions``
-    (several examples per row, see :class:`rlhf_jax.model.Transformer`)."""
-
-    input_ids: Int[Array, "B T"]
-    attention_mask: Int[Array, "B T"]
-    loss_mask: Int[Array, "B T"]
-    segment_ids: Int[Array, "B T"] | None = None
-    positions: Int[Array, "B T"] | None = None
+    def data_config(self) -> SFTDataConfig:
+        """How the examples are tokenised and laid out (:class:`rlhf_jax.data.SFTDataConfig`)."""
+        return SFTDataConfig(max_length=self.max_length, append_eos=self.append_eos, packing=self.packing,
+                             packing_strategy=self.packing_strategy)
 
 
 class SFTResult(NamedTuple):
@@ -83,16 +92,19 @@ class SFTResult(NamedTuple):
     eval: dict
     """Final held-out ``eval_loss`` and ``eval_perplexity``."""
     skipped_examples: int
-    """Examples that did not fit ``max_length`` (never silently dropped)."""
+    """Examples left out (too long, or no loss token left), never silently: see ``report``."""
     stop_reason: str
     """Why the loop stopped."""
+    report: EncodeReport | None = None
+    """What the data encoder read, kept, truncated and skipped (and how it packed)."""
 
 
 def encode_sft(tokenizer, prompts: Sequence[str], completions: Sequence[str], *, max_length: int,
                append_eos: bool = True) -> tuple[SFTBatch, Any]:
     """Tokenise ``prompt + completion (+ eos)``, left padded; the loss mask covers the completion
     (and the EOS). Returns the data and the :class:`rlhf_jax.feedback.BatchReport` of what was
-    truncated or skipped."""
+    truncated or skipped. (Lists of strings only; :func:`train_sft` takes any SFT dataset through
+    :func:`rlhf_jax.data.tokenize_sft`, which gives the same rows for such data.)"""
     cfg = BatchConfig(max_length=max_length, append_eos=append_eos, overflow="truncate_left")
     batch, report = encode_sequences(tokenizer, prompts, completions, config=cfg)
     kept = list(report.kept_indices)
@@ -171,24 +183,65 @@ def rows(data: SFTBatch, idx, pad_multiple: int = 0) -> SFTBatch:
 def split_held_out(data: SFTBatch, fraction: float, seed: int) -> tuple[SFTBatch, SFTBatch]:
     """``(train, held-out)``: a seeded random ``fraction`` of the rows held out."""
     n = data.input_ids.shape[0]
-    n_eval = int(round(n * fraction))
-    order = np.random.default_rng(seed).permutation(n)
+    train, held = _held_out_order(n, fraction, seed)
     pick = lambda idx: SFTBatch(*(None if x is None else x[idx] for x in data))
-    return pick(order[n_eval:]), pick(order[:n_eval])
+    return pick(train), pick(held)
 
 
-def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Sequence[str],
-              completions: Sequence[str], config: SFTConfig) -> SFTResult:
-    """Fine-tune ``params`` on ``prompt -> completion`` pairs (see :class:`SFTConfig`) with
-    :func:`make_sft` run by :func:`rlhf_jax.train.fit`."""
+def _held_out_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_eval = int(round(n * fraction))
+    return order[n_eval:], order[:n_eval]
+
+
+def layout_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], config: SFTConfig, pad_id: int
+                    ) -> tuple[SFTBatch, PackReport | None]:
+    """Host rows of tokenised ``(input_ids, loss_mask)`` examples: left padded to ``max_length``, or
+    packed into rows of ``max_length`` (``segment_ids``, ``positions``, right padding) with
+    ``config.packing``, and then the :class:`rlhf_jax.data.PackReport`."""
+    if not config.packing:
+        return pad_left(examples, pad_id=pad_id, length=config.max_length), None
+    if not examples:
+        empty = np.zeros((0, config.max_length), np.int32)
+        return SFTBatch(empty, empty, empty, empty, empty), None
+    packed, report = pack_examples(examples, length=config.max_length, pad_id=pad_id,
+                                   strategy=config.packing_strategy)
+    return SFTBatch(packed.input_ids, (packed.segment_ids > 0).astype(np.int32), packed.loss_mask,
+                    packed.segment_ids, packed.positions), report
+
+
+def train_sft(model_config: ModelConfig, params: dict, tokenizer, data: Any, config: SFTConfig, *,
+              data_config: DataConfig = DataConfig()) -> SFTResult:
+    """Fine-tune ``params`` on an SFT dataset (see :class:`SFTConfig`) with :func:`make_sft` run by
+    :func:`rlhf_jax.train.fit`.
+
+    Args:
+      data: language-modeling (``text`` / ``messages``) or prompt-completion rows, standard or
+        conversational: a path (JSONL, JSON, Parquet, a ``save_to_disk`` folder), a
+        ``datasets.Dataset``/``DatasetDict`` or a list of dicts (see :mod:`rlhf_jax.data`).
+        Conversations go through the chat template with the loss on the assistant turns only.
+      data_config: ``format`` (force one), ``split``, ``chat_template`` (a ``.jinja`` file).
+
+    The held-out share is drawn from the examples (before packing), so the evaluation loss is the
+    same token mean whether the rows are packed or not.
+    """
     check_context(model_config, who="sft", max_length=config.max_length)
-    data, report = encode_sft(tokenizer, prompts, completions, max_length=config.max_length,
-                              append_eos=config.append_eos)
-    train, held = split_held_out(data, config.eval_fraction, config.run.seed)
+    examples, report = tokenize_sft(data, tokenizer, config=config.data_config(), data_config=data_config)
+    train_idx, held_idx = _held_out_order(len(examples), config.eval_fraction, config.run.seed)
+    pad = padding_id(tokenizer)
+    train, packing = layout_examples([examples[i] for i in train_idx], config, pad)
+    held, _ = layout_examples([examples[i] for i in held_idx], config, pad)
+    if packing is not None:  # the training rows' packing, numbered as dataset rows
+        kept = report.kept_indices
+        report = dataclasses.replace(report, packing=dataclasses.replace(
+            packing, rows_of=tuple(tuple(kept[train_idx[j]] for j in r) for r in packing.rows_of)))
     n_train, n_eval = train.input_ids.shape[0], held.input_ids.shape[0]
     if n_train < config.batch_size:
-        raise ValueError(f"SFT: {n_train} training examples (after {report.skipped} skipped and {n_eval} held out) "
+        what = f"packed rows (of {len(train_idx)} examples)" if config.packing else "training examples"
+        raise ValueError(f"SFT: {n_train} {what} (after {report.n_skipped} skipped and {len(held_idx)} held out) "
                          f"are fewer than batch_size {config.batch_size}; lower batch_size or add data")
+    if report.n_skipped or report.truncated:
+        print(f"sft: {report.summary()}", file=sys.stderr)
     algo = cached_algorithm(make_sft, model_config, config)
     state = algo.init(jax.random.PRNGKey(config.run.seed), params)
     eval_sums = _jitted_eval(model_config)
@@ -202,14 +255,17 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, prompts: Seque
             return {}
         tot, cnt = 0.0, 0.0
         for i in range(0, n_eval, config.batch_size):
-            s, c = eval_sums(ctx.state.params, ctx.base, rows(held, slice(i, i + config.batch_size), config.pad_multiple))
+            part = rows(held, slice(i, i + config.batch_size), config.pad_multiple)
+            s, c = eval_sums(ctx.state.params, ctx.base, part)
             tot, cnt = tot + float(s), cnt + float(c)
         loss = tot / max(cnt, 1.0)
         return {"eval_loss": loss, "eval_perplexity": float(np.exp(loss))}
 
+    recorded = {name: {k: v for k, v in part._asdict().items() if v is not None}
+                for name, part in (("train", train), ("held_out", held))}
     res = fit(algo.step, state, params, batches, run=config.run, name="sft", log_keys=("loss", "eval_loss"),
-              evaluate=evaluate, eval_every=config.eval_every, record={"config": config, "data": data})
-    final_eval = res.final_eval
+              evaluate=evaluate, eval_every=config.eval_every,
+              record={"config": config, "data": recorded})
     trained = res.state.params
     return SFTResult(merged_params(params, trained), trained if config.lora is not None else None, res.state,
-                     res.history, final_eval, report.skipped, res.stop_reason)
+                     res.history, res.final_eval, report.n_skipped, res.stop_reason, report)

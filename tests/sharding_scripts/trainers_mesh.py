@@ -27,10 +27,11 @@ run = lambda mesh, steps=3: RunConfig(max_steps=steps, progress=False, mesh=mesh
 optim = OptimConfig(learning_rate=1e-3, eps=1e-6)
 P = [f"w{i % 5} w{(i + 1) % 5}" for i in range(40)]
 C = [f"w{10 + i % 5} w{10 + (i + 2) % 5} w15" for i in range(40)]
+SFT_ROWS = [{"prompt": p, "completion": c} for p, c in zip(P, C)]
 out = {}
 for name, lora in (("sft_lora", LoraConfig(rank=4, alpha=8.0)), ("sft_full", None)):
-    r = [train_sft(cfg, base, tok, P, C, SFTConfig(lora=lora, batch_size=8, max_length=10, eval_fraction=0.2,
-                                                   optim=optim, run=run(m))) for m in (None, MESH)]
+    r = [train_sft(cfg, base, tok, SFT_ROWS, SFTConfig(lora=lora, batch_size=8, max_length=10, eval_fraction=0.2,
+                                                 optim=optim, run=run(m))) for m in (None, MESH)]
     out[name] = {"loss": [[h["loss"] for h in x.history] for x in r], "param_diff": max_diff(r[0].params, r[1].params),
                  "q_spec": [str(s) for s in r[1].params["layers_0"]["attn"]["q_proj"]["kernel"].sharding.spec]}
 pairs = [{"prompt": P[i], "chosen": C[i], "rejected": C[(i + 1) % 40]} for i in range(40)]

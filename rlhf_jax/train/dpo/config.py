@@ -8,7 +8,6 @@ from typing import NamedTuple
 from jaxtyping import Array, Float, Int
 
 from rlhf_jax.config_checks import at_least, check, in_range, one_of, positive
-from rlhf_jax.data import DataConfig
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.train.optim import OptimConfig
 from rlhf_jax.train.run import RunConfig
@@ -52,8 +51,6 @@ class DPOConfig:
     """Share of the pairs held out for evaluation (loss, preference accuracy, margin)."""
     eval_every: int = 0
     """Evaluate on the held-out pairs every N steps (0: only at the end)."""
-    data: DataConfig = DataConfig()
-    """How the pairs are read: forced format, split, chat template."""
     optim: OptimConfig = OptimConfig(learning_rate=5e-5)
     """Optimizer (full fine-tuning wants a smaller rate, ~1e-6, as in TRL)."""
     run: RunConfig = RunConfig()

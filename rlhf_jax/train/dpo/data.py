@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_jax.data import EncodeReport, encode_preference_data, padding_id
+from rlhf_jax.data import DataConfig, EncodeReport, encode_preference_data, padding_id
 from rlhf_jax.train.dpo.config import DPOConfig
 from rlhf_jax.train.grouped_batches import layout_groups
 
@@ -57,11 +57,12 @@ def layout_pairs(pairs: list[dict], *, pad_id: int, bos_id: int | None, eos_id: 
     return arrays, {"kept": tuple(kept), "truncated": truncated, "skipped": skipped}
 
 
-def encode_dpo_data(tokenizer, data: Any, config: DPOConfig) -> tuple[dict[str, np.ndarray], EncodeReport]:
+def encode_dpo_data(tokenizer, data: Any, config: DPOConfig, *, data_config: DataConfig = DataConfig()
+                    ) -> tuple[dict[str, np.ndarray], EncodeReport]:
     """Host arrays of a :class:`DPOBatch` for every usable pair of ``data`` (a path, a
-    ``datasets`` object or a list of rows in any preference format) and the report of what was
-    truncated or skipped."""
-    pairs, report = encode_preference_data(data, tokenizer, data_config=config.data)
+    ``datasets`` object or a list of rows in any preference format; ``data_config``: forced
+    format, split, chat template) and the report of what was truncated or skipped."""
+    pairs, report = encode_preference_data(data, tokenizer, data_config=data_config)
     conversational = report.format.startswith("conversational")
     eos = tokenizer.eos_token_id if config.append_eos and not conversational else None
     if config.append_eos and not conversational and eos is None:

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from rlhf_jax.data import DataConfig
 from rlhf_jax.model import ModelConfig
 from rlhf_jax.train.algorithm import cached_algorithm
 from rlhf_jax.train.batching import batch_indices
@@ -73,7 +74,8 @@ def dpo_evaluate(model_config: ModelConfig, config: DPOConfig, trainable, base, 
     return out
 
 
-def train_dpo(model_config: ModelConfig, base: dict, tokenizer, data: Any, config: DPOConfig) -> DPOResult:
+def train_dpo(model_config: ModelConfig, base: dict, tokenizer, data: Any, config: DPOConfig, *,
+              data_config: DataConfig = DataConfig()) -> DPOResult:
     """Train a policy on preference pairs (DPO, IPO or cDPO, see :class:`DPOConfig`) against the
     frozen ``base`` as the reference.
 
@@ -81,9 +83,10 @@ def train_dpo(model_config: ModelConfig, base: dict, tokenizer, data: Any, confi
       data: a path (JSONL, JSON, Parquet, a ``save_to_disk`` folder), a ``datasets`` object or a
         list of rows, in any preference format of :func:`rlhf_jax.data.encode_preference_data`
         (explicit or implicit prompt, standard or conversational).
+      data_config: how the pairs are read (forced format, split, chat template).
     """
     check_dpo_lengths(model_config, config)
-    arrays, report = encode_dpo_data(tokenizer, data, config)
+    arrays, report = encode_dpo_data(tokenizer, data, config, data_config=data_config)
     n = arrays["prompt_ids"].shape[0]
     n_eval = int(round(n * config.eval_fraction))
     order = np.random.default_rng(config.run.seed).permutation(n)

@@ -1,28 +1,30 @@
-"""Running PPO on prompt texts: :func:`train_ppo` prepares the prompts, samples rollouts with the
-jitted sampler, scores them with a scorer, and hands ``PPOBatch``es to :func:`rlhf_jax.train.fit`."""
+"""Running PPO on a prompt dataset: :func:`train_ppo` prepares the prompts
+(:func:`rlhf_jax.train.prompt_data.prepare_prompts`: any prompt-bearing format, conversations
+rendered with the chat template, stop tokens resolved), samples rollouts with the jitted sampler,
+scores them with a scorer, and hands ``PPOBatch``es to :func:`rlhf_jax.train.fit`."""
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.data import DataConfig, EncodeReport
 from rlhf_jax.lora import lora_config_of, model_variables
 from rlhf_jax.model import ModelConfig
-from rlhf_jax.rollout import (EncodedPrompts, Rollout, Sampler, SamplingConfig, cached_sampler, decode_responses,
-                              encode_prompts)
+from rlhf_jax.rollout import EncodedPrompts, Rollout, Sampler, SamplingConfig, cached_sampler, decode_responses
 from rlhf_jax.scoring import Completions, Scorer, as_scorer, critic_from_reward
 from rlhf_jax.sharding import shard_batch
-from rlhf_jax.train.batching import batch_indices, check_context
+from rlhf_jax.train.batching import batch_indices
 from rlhf_jax.train.fit import FitContext, fit
 from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.ppo.algorithm import PPOState, make_ppo
 from rlhf_jax.train.ppo.config import PPOConfig
 from rlhf_jax.train.ppo.experience import PPOBatch
+from rlhf_jax.train.prompt_data import prepare_prompts, resolve_sampling  # noqa: F401 (re-exported by ppo)
+from rlhf_jax.train.trainable import init_trainable
 
 Monitor = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
 
@@ -31,15 +33,10 @@ class PPOResult(NamedTuple):
     state: PPOState
     history: list[dict]
     stop_reason: str
-
-
-def resolve_sampling(sampling: SamplingConfig, tokenizer) -> SamplingConfig:
-    """``sampling`` with the tokenizer's pad id when it names none."""
-    if sampling.pad_id is not None:
-        return sampling
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (often the EOS token) first")
-    return dataclasses.replace(sampling, pad_id=int(tokenizer.pad_token_id))
+    sampling: SamplingConfig | None = None
+    """How the policy generated: the sampling config with its resolved pad id and stop tokens."""
+    report: EncodeReport | None = None
+    """How the prompt dataset was read."""
 
 
 def threshold_stop(config: PPOConfig, key: str = "score"):
@@ -72,31 +69,53 @@ class PPORun(NamedTuple):
     prompts: EncodedPrompts
     """The prompts, tokenised and left padded once."""
     sampler: Sampler
-    """The policy's jitted sampler."""
+    """The policy's jitted sampler (its config holds the resolved stop tokens)."""
+    report: EncodeReport | None = None
+    """How the prompt dataset was read (format, rows kept, truncated, skipped)."""
 
 
-def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[Any], reward: Scorer | Any,
-                config: PPOConfig, *, monitors: dict[str, Monitor] | None = None) -> PPORun:
+def reward_model_of(scorer: Scorer) -> tuple[Any, Scorer | None]:
+    """``(reward model, its scorer)`` that PPO's critic starts from: the scorer's own, or the one
+    model part of a weighted sum (its weight folded into the normalisation, so the critic's first
+    values are that part of the score); ``(None, None)`` when there is none or several."""
+    rm = getattr(scorer, "reward_model", None)
+    if rm is not None:
+        return rm, scorer
+    parts = [(s, w) for s, w in getattr(scorer, "items", ()) if getattr(s, "reward_model", None) is not None]
+    if len(parts) != 1:
+        return None, None
+    part, weight = parts[0]
+    rm = part.reward_model
+    return rm._replace(gain=weight * rm.gain, bias=weight * rm.bias), part
+
+
+def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, reward: Scorer | Any,
+                config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
+                data_config: DataConfig = DataConfig()) -> PPORun:
     """The pieces of a PPO run (see :func:`train_ppo` for the arguments)."""
-    prompts = list(prompts)
     scorer = as_scorer(reward, model_config)
-    sampling = resolve_sampling(config.sampling, tokenizer)
-    check_context(model_config, who="ppo", prompt_length=config.max_prompt_length, new_tokens=sampling.max_new_tokens)
-    limit = config.max_prompt_length or (model_config.max_position_embeddings - sampling.max_new_tokens)
-    encoded = encode_prompts(tokenizer, prompts, limit=limit, pad_id=sampling.pad_id, who="ppo")
-    if encoded.truncated:
-        print(f"ppo: {encoded.truncated} prompts longer than {limit} tokens keep their last {limit}", file=sys.stderr)
+    data = prepare_prompts(model_config, tokenizer, prompts, config.sampling, data_config=data_config,
+                           max_prompt_length=config.max_prompt_length, who="ppo")
+    prompts, encoded, sampling = data.prompts, data.encoded, data.sampling
     n = encoded.batch.tokens.shape[0]
     if n < config.batch_size:
         raise ValueError(f"ppo: {n} prompts are fewer than batch_size {config.batch_size}; lower batch_size")
     algo = cached_algorithm(make_ppo, model_config, config)
     critic = None
     if config.critic_init == "reward":
-        rm = getattr(scorer, "reward_model", None)
+        rm, part = reward_model_of(scorer)
         if rm is None:
-            raise ValueError("critic_init='reward' needs a reward model (a RewardModel or ModelScorer reward); "
-                             "use critic_init='zero' with a reward function")
+            raise ValueError("critic_init='reward' needs a reward model (a RewardModel or ModelScorer reward, alone or "
+                             "as the one model in a WeightedScorer); use critic_init='zero' with a reward function")
+        if getattr(part, "model_config", model_config) != model_config:
+            raise ValueError("critic_init='reward': the reward model is another network than the policy's base "
+                             "(its own model config); the critic cannot start from it: use critic_init='zero'")
         critic = critic_from_reward(rm, base, full=config.critic_lora is None)
+        if critic["model"] is None and config.critic_lora is not None:
+            # a head on the shared base (e.g. a Hugging Face classifier with the base as its body): the
+            # critic gets a fresh adapter (B = 0: its values start as the reward model's scores)
+            critic["model"] = init_trainable(model_config, base, config.critic_lora,
+                                             jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 1))
     state = algo.init(jax.random.PRNGKey(config.run.seed), base, critic=critic)
     sampler = cached_sampler(model_config, lora_config_of(state.params["policy"]), sampling)
     monitors = dict(monitors or {})
@@ -116,12 +135,13 @@ def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Seque
             extra.update({k: float(np.mean(fn(batch_prompts, shown))) for k, fn in monitors.items()})
         return PPOBatch(ro, jnp.asarray(scores, jnp.float32)), extra
 
-    return PPORun(algo, state, batches, encoded, sampler)
+    return PPORun(algo, state, batches, encoded, sampler, data.report)
 
 
-def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequence[Any], reward: Scorer | Any,
+def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, reward: Scorer | Any,
               config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
-              callback: Callable[[int, dict], None] | None = None) -> PPOResult:
+              callback: Callable[[int, dict], None] | None = None, data_config: DataConfig = DataConfig()
+              ) -> PPOResult:
     """Run PPO (see :func:`rlhf_jax.train.ppo.make_ppo`) on ``prompts``.
 
     Args:
@@ -129,7 +149,12 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
       base: the frozen base parameters (the SFT model, any SFT adapter merged in): the reference,
         never modified (a fully fine-tuned policy or critic trains a copy of it).
       tokenizer: a ``transformers`` tokenizer with a pad token.
-      prompts: prompt texts (render chat templates first).
+      prompts: a list of prompt strings, or any dataset with prompts: prompt-only,
+        prompt-completion or preference rows, standard or conversational, as a path (JSONL, JSON,
+        Parquet, ``save_to_disk`` folder), a ``datasets.Dataset`` or a list of dicts.
+        Conversations are rendered with the chat template and its generation prompt, and
+        generation stops at the template's end of turn too (unless ``config.sampling.eos_ids`` is
+        set); reward functions and monitors get the prompts as the data holds them.
       reward: a :class:`rlhf_jax.scoring.Scorer`, a :class:`rlhf_jax.scoring.RewardModel` (scored
         on the shared base), or a Python ``fn(prompts, completions) -> scores``.
       config: the :class:`PPOConfig`; ``critic_init="reward"`` needs a reward model.
@@ -137,8 +162,10 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
         rollouts (special tokens kept) and logged as ``name`` (their mean): watch a held-back
         judge (a gold rubric) while optimising the proxy. Never used in the loss.
       callback: ``(step, metrics row) -> None`` after each step.
+      data_config: ``format``, ``split``, ``chat_template`` of a prompt dataset.
     """
-    run = prepare_ppo(model_config, base, tokenizer, prompts, reward, config, monitors=monitors)
+    run = prepare_ppo(model_config, base, tokenizer, prompts, reward, config, monitors=monitors,
+                      data_config=data_config)
     stop = threshold_stop(config)
 
     def stop_and_callback(history):
@@ -150,4 +177,4 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Sequenc
               log_keys=("score", "kl", "beta"),
               plot_keys=("score", "kl", "reward_total", "entropy", "response_length", "beta"),
               stop=stop_and_callback, record={"config": config, "data": run.prompts.batch.tokens})
-    return PPOResult(res.state, res.history, res.stop_reason)
+    return PPOResult(res.state, res.history, res.stop_reason, run.sampler.config, run.report)
