@@ -14,14 +14,16 @@ import numpy as np
 
 from rlhf_jax.config_checks import at_least, in_range, one_of
 from rlhf_jax.data import DataConfig, EncodeReport, encode_preference_data
-from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings
+from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings, pad_token_id
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.losses import bradley_terry_loss, ranking_loss
-from rlhf_jax.model import ModelConfig, init_head
+from rlhf_jax.model import ModelConfig, init_head, score_head
+from rlhf_jax.rollout.shared_prefix import grouped_hidden
 from rlhf_jax.scoring import RewardModel, raw_scores
 from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.batching import batch_indices, check_context, trim_padding
 from rlhf_jax.train.fit import FitContext, fit
+from rlhf_jax.train.grouped_batches import grouped_rows, split_shared_prefix
 from rlhf_jax.train.optim import OptimConfig, guarded_update
 from rlhf_jax.train.run import RunConfig
 from rlhf_jax.train.state import TrainState
@@ -67,12 +69,33 @@ class RewardConfig:
         at_least(self, "eval_every", 0, integer=True)
 
 
-def reward_loss(model_config: ModelConfig, config: RewardConfig, rm: RewardModel, base, batch: dict):
-    """``(loss, metrics)`` of a pair batch (``input_ids [B, 2, T]``, chosen first, ``margin [B]``)
-    or a ranking batch (``[B, K, T]`` with ``ranks``, ``valid``) under reward model ``rm``."""
+def preference_scores(model_config: ModelConfig, rm: RewardModel, base, batch: dict):
+    """Raw scores ``[B, K]`` of a pair (K = 2, chosen first) or ranking batch.
+
+    Two layouts (the keys tell them apart):
+
+    - prompt once per group (what :func:`encode_preferences` gives): ``prompt_ids``,
+      ``prompt_mask`` ``[B, P]`` left padded, and the completions ``input_ids``,
+      ``attention_mask`` ``[B, K, C]`` right padded. The prompt's keys and values are computed
+      once and the K completions attend to them (:func:`rlhf_jax.rollout.grouped_hidden`); each
+      score is read at its completion's last real token (the prompt's last when it is empty).
+    - whole sequences: ``input_ids``, ``attention_mask`` ``[B, K, T]`` (left or right padded), one
+      pass per sequence.
+
+    Both give the same scores (to float rounding: ``tests/test_shared_prefix.py``)."""
     b, k, t = batch["input_ids"].shape
-    r = raw_scores(model_config, rm, base, batch["input_ids"].reshape(b * k, t),
-                   batch["attention_mask"].reshape(b * k, t)).reshape(b, k)
+    ids, mask = batch["input_ids"].reshape(b * k, t), batch["attention_mask"].reshape(b * k, t)
+    if "prompt_ids" not in batch:
+        return raw_scores(model_config, rm, base, ids, mask).reshape(b, k)
+    hidden = grouped_hidden(model_config, rm.model, base, batch["prompt_ids"], batch["prompt_mask"], ids, mask,
+                            group_size=k)
+    return score_head(rm.head, hidden, jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)).reshape(b, k)
+
+
+def reward_loss(model_config: ModelConfig, config: RewardConfig, rm: RewardModel, base, batch: dict):
+    """``(loss, metrics)`` of a pair batch (chosen first, ``margin [B]``) or a ranking batch
+    (``ranks``, ``valid``) under reward model ``rm``; either layout of :func:`preference_scores`."""
+    r = preference_scores(model_config, rm, base, batch)
     if config.loss == "pairwise":
         margin = batch["margin"] if config.use_margin else None
         return bradley_terry_loss(r[:, 0], r[:, 1], margin=margin, center_coef=config.center_coef)
@@ -138,15 +161,21 @@ def preference_pairs(data: Any, tokenizer, *, data_config: DataConfig = DataConf
 
 
 def encode_preferences(tokenizer, data, config: RewardConfig, *, add_bos: bool | None = None) -> tuple[dict, Any]:
-    """Host arrays of pairs (``[N, 2, T]``, ``margin``) or rankings (``[N, K, T]``, ``ranks``,
-    ``valid``) and the tokenisation report. ``add_bos``: see :class:`rlhf_jax.feedback.BatchConfig`."""
+    """Host arrays of pairs (``margin``) or rankings (``ranks``, ``valid``) with each prompt once:
+    ``prompt_ids``/``prompt_mask`` ``[N, P]`` and the completions ``input_ids``/``attention_mask``
+    ``[N, K, C]`` (K = 2 for pairs, chosen first; see :func:`reward_loss`), and the tokenisation
+    report. Sequences are tokenised as :func:`rlhf_jax.feedback.encode_pairs` does (its truncation
+    and skipping rules; ``add_bos``: see :class:`rlhf_jax.feedback.BatchConfig`), then cut at the
+    prefix each group shares (:func:`rlhf_jax.train.grouped_batches.split_shared_prefix`)."""
     bc = BatchConfig(max_length=config.max_length, add_bos=add_bos)
     if config.loss == "pairwise":
         batch, report = encode_pairs(tokenizer, data, config=bc)
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "margin": batch.margin}, report
-    batch, report = encode_rankings(tokenizer, list(data), config=bc)
-    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "ranks": batch.ranks,
-            "valid": batch.valid}, report
+        extra = {"margin": batch.margin}
+    else:
+        batch, report = encode_rankings(tokenizer, list(data), config=bc)
+        extra = {"ranks": batch.ranks, "valid": batch.valid}
+    arrays = split_shared_prefix(batch.input_ids, batch.attention_mask, pad_id=pad_token_id(tokenizer))
+    return {**arrays, **extra}, report
 
 
 @functools.lru_cache(maxsize=16)
@@ -156,7 +185,10 @@ def _jitted_eval(model_config: ModelConfig, config: RewardConfig):
 
 
 def preference_rows(arrays: dict, idx, pad_multiple: int) -> dict:
-    """Rows ``idx`` of host preference arrays, cut to their longest sequence."""
+    """Rows ``idx`` of host preference arrays, cut to their longest sequence (prompt and
+    completions separately when the prompt is held once)."""
+    if "prompt_ids" in arrays:
+        return grouped_rows(arrays, idx, pad_multiple)
     return dict(trim_padding({k: v[idx] for k, v in arrays.items()}, multiple=pad_multiple))
 
 
