@@ -10,9 +10,9 @@ from rlhf_jax.train.errors import CheckpointError, NonFiniteError, RunError
 from rlhf_jax.train.fit import FitContext, FitResult, fit
 from rlhf_jax.train.optim import OptimConfig, guarded_update, make_optimizer
 from rlhf_jax.train.ppo import (Experience, PPOBatch, PPOConfig, PPOResult, PPORun, PPOState, advantages_from_arrays,
-                                make_ppo, make_ppo_experience, prepare_ppo, train_ppo)
+                                make_ppo, make_ppo_experience, metric_stop, prepare_ppo, train_ppo)
 from rlhf_jax.train.reward import (RewardConfig, RewardResult, encode_preferences, make_reward, reward_loss,
-                                   train_reward_model)
+                                   train_reward_ensemble, train_reward_model)
 from rlhf_jax.train.run import MetricsLogger, RunConfig, plot_curves, read_metrics
 from rlhf_jax.train.sft import SFTBatch, SFTConfig, SFTResult, encode_sft, lm_loss, make_sft, sft_eval_sums, train_sft
 from rlhf_jax.train.state import TrainState
@@ -24,6 +24,6 @@ __all__ = [
     "RewardConfig", "RewardResult", "RunConfig", "RunError", "SFTBatch", "SFTConfig", "SFTResult", "TrainState",
     "advantages_from_arrays", "all_finite_leaves", "batch_indices", "encode_preferences", "encode_sft", "fit",
     "guarded_update", "init_trainable", "lm_loss", "make_optimizer", "make_ppo", "make_ppo_experience", "make_reward",
-    "make_sft", "plot_curves", "prepare_ppo", "read_metrics", "restore_raw", "reward_loss", "run_record", "sft_eval_sums",
-    "train_ppo", "train_reward_model", "train_sft", "tree_fingerprint", "trim_padding",
+    "make_sft", "metric_stop", "plot_curves", "prepare_ppo", "read_metrics", "restore_raw", "reward_loss", "run_record", "sft_eval_sums",
+    "train_ppo", "train_reward_ensemble", "train_reward_model", "train_sft", "tree_fingerprint", "trim_padding",
 ]
