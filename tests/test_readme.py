@@ -49,7 +49,7 @@ def _demo_export(root: Path) -> None:
     from rlhf_jax.export import save_hf_folder
     from tests.trainer_fixtures import tiny_base, tiny_config, tiny_tokenizer
 
-    cfg = tiny_config()
+    cfg = tiny_config().replace(max_position_embeddings=48)  # the demo's context
     save_hf_folder(str(root / "runs/demo/export/ppo_policy"), cfg, tiny_base(cfg), tokenizer=tiny_tokenizer())
 
 
@@ -57,7 +57,7 @@ def _cli_files(root: Path) -> None:
     from rlhf_jax.export import save_hf_folder
     from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
 
-    cfg = tiny_config()
+    cfg = tiny_config().replace(max_position_embeddings=128)  # room for the commands' default lengths
     save_hf_folder(str(root / "base_hf"), cfg, tiny_base(cfg), tokenizer=tiny_tokenizer())
     prompts = tiny_prompts(48)
     with open(root / "sft.jsonl", "w") as f:
@@ -68,6 +68,7 @@ def _cli_files(root: Path) -> None:
             labels = [{"labeler": f"l{j}", "ranking": [1, 2, 3] if (i + j) % 5 else [2, 1, 3], "flagged": []}
                       for j in range(3)]
             f.write(json.dumps({"prompt_id": f"p{i}", "prompt": p, "completions": [" w15 w15", " w7", " w3 w3 w3"],
+                                "criterion": "helpfulness", "instructions_id": "rlhf-jax-default-v1",
                                 "labels": labels}) + "\n")
     for name, rows in (("prompts.jsonl", prompts), ("heldout.jsonl", tiny_prompts(64)[48:])):
         with open(root / name, "w") as f:

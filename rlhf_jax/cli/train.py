@@ -30,10 +30,12 @@ def cmd_sft(args) -> int:
     from rlhf_jax.export import save_hf_folder
     from rlhf_jax.model import load_pretrained
     from rlhf_jax.train import SFTConfig, train_sft
+    from rlhf_jax.train.batching import check_context
 
     cfg = with_run(config_from_args(SFTConfig, args, config_file=args.config), args)
     rows = read_rows(args.data)
     mc, params, tok = load_pretrained(args.model, dtype=args.dtype)
+    check_context(mc, who="sft", max_length=cfg.max_length)
     write_config(args.out, cfg)
     res = train_sft(mc, params, tok, column(rows, "prompt", args.data), column(rows, "completion", args.data), cfg)
     save_hf_folder(os.path.join(args.out, "model"), mc, res.params, tokenizer=tok)
@@ -48,10 +50,12 @@ def cmd_reward(args) -> int:
     from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
     from rlhf_jax.scoring import normalize_on_samples, save_reward_model
     from rlhf_jax.train import RewardConfig, train_reward_model
+    from rlhf_jax.train.batching import check_context
 
     cfg = with_run(config_from_args(RewardConfig, args, config_file=args.config), args)
     pairs = load_pairs(args.pairs)
     mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
+    check_context(mc, who="reward", max_length=cfg.max_length)
     write_config(args.out, cfg)
     res = train_reward_model(mc, base, tok, pairs, cfg)
     rm = res.reward_model
@@ -69,11 +73,13 @@ def cmd_ppo(args) -> int:
     from rlhf_jax.model import load_pretrained
     from rlhf_jax.scoring import ModelScorer, load_reward_model
     from rlhf_jax.train import PPOConfig, train_ppo
+    from rlhf_jax.train.batching import check_context
 
     cfg = with_run(config_from_args(PPOConfig, args, config_file=args.config), args)
     rows = read_rows(args.prompts)
     mc, base, tok = load_pretrained(args.model, dtype=args.dtype)
     reward = ModelScorer(mc, load_reward_model(args.reward))
+    check_context(mc, who="ppo", prompt_length=cfg.max_prompt_length, new_tokens=cfg.sampling.max_new_tokens)
     write_config(args.out, cfg)
     res = train_ppo(mc, base, tok, column(rows, args.prompt_field, args.prompts), reward, cfg)
     saved = save_policy(args.out, mc, base, res.state.params["policy"], tok)

@@ -25,6 +25,7 @@ import math
 import numbers
 from typing import Any, Mapping, Sequence
 
+from rlhf_jax.data.formats import split_shared_text
 from rlhf_jax.feedback.errors import FeedbackError
 from rlhf_jax.feedback.records import (ROLES, BinaryFeedback, Label, Message, PairRecord, Prompt,
                                        RankedFeedback)
@@ -329,32 +330,17 @@ def split_common_messages(chosen: Sequence[Message], rejected: Sequence[Message]
 
 
 def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """Split the shared prompt off two full texts: ``(prompt, chosen_rest, rejected_rest)``.
-
-    The prompt is the longest common prefix, cut back to just before its last whitespace
-    character, so that a word both completions happen to start with ("S" in "Sure"/"Sorry")
-    stays in the completions, and each completion starts with the whitespace that separated it
-    from the prompt (what BPE tokenizers expect: ``" Sure"``). With no whitespace in the common
-    prefix the prompt is empty. Example::
+    """Split the shared prompt off two full texts: ``(prompt, chosen_rest, rejected_rest)``, by the
+    rule of :func:`rlhf_jax.data.split_shared_text` (the longest common prefix cut back to just
+    before its last whitespace, so each completion starts with that whitespace); two identical
+    texts give an empty prompt (nothing sensible to split). Example::
 
         split_common_prefix("Q: hot? A: Sure.", "Q: hot? A: Sorry.")
         == ("Q: hot? A:", " Sure.", " Sorry.")
     """
-    n = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        n += 1
-    if n == len(chosen) == len(rejected):
-        return "", chosen, rejected  # identical texts: nothing sensible to split
-    cut = n
-    while cut > 0 and not chosen[cut - 1].isspace():
-        cut -= 1
-    # cut now follows the last whitespace of the prefix; keep that whitespace (and any run of
-    # whitespace before it) with the completions.
-    while cut > 0 and chosen[cut - 1].isspace():
-        cut -= 1
-    return chosen[:cut], chosen[cut:], rejected[cut:]
+    if chosen == rejected:
+        return "", chosen, rejected
+    return split_shared_text(chosen, rejected)
 
 
 PARSERS = {"ranked": parse_ranked, "binary": parse_binary, "pairwise": parse_pairwise}

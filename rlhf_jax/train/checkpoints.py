@@ -253,6 +253,8 @@ class Checkpoints:
             raise NonFiniteError(f"step {step}: the training state holds non-finite values in {bad}; "
                                  f"not saved (the last good checkpoint in {self.ckpt_dir} stays)")
         manager = self._manager()
+        if step in manager.all_steps():  # already saved (a stop rule right after a periodic save)
+            return False
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
         os.makedirs(self.manifest_dir, exist_ok=True)
