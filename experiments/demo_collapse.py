@@ -3,13 +3,14 @@ other settings on the same world, SFT model and labels, and print the numbers th
 check (unique-completion ratio, on-topic rate and gold per family, toxicity, KL, reward-model
 accuracy on train and held-out pairs).
 
-    rlhf-jax demo --out runs/demo                     # once: the world, SFT model and labels
-    python experiments/demo_collapse.py --from runs/demo --out runs/collapse \\
+    python experiments/demo_collapse.py --prepare runs/base     # once: the demo's world and SFT model
+    python experiments/demo_collapse.py --from runs/base --out runs/collapse \\
         --variant '{"name": "kl 0.2", "kl_coef": 0.2}' --variant '{"name": "kl 0.5", "kl_coef": 0.5}'
 
 A variant is a JSON object of :class:`rlhf_jax.demo.DemoConfig` fields (plus ``name``); each is
-trained on the world, the SFT model (``export/sft``) and the labels of the ``--from`` run (the
-labels are re-drawn from the SFT model with the demo's seed: the same records). One JSON line per
+trained on the world, the SFT model (``export/sft``) and the labels of the ``--from`` folder (a
+finished ``rlhf-jax demo`` run, or ``--prepare``'s: the demo's own world and SFT stages with its
+default config; the labels are re-drawn from the SFT model with the demo's seed: the same records). One JSON line per
 variant is appended to ``OUT/results.jsonl`` and a table row printed.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 from rlhf_jax import toyworld as tw
 from rlhf_jax.config_args import build_config
 from rlhf_jax.demo import DemoConfig
-from rlhf_jax.demo.pipeline import Stages, run_evaluation, run_feedback, run_ppo, run_reward
+from rlhf_jax.demo.pipeline import Stages, run_evaluation, run_feedback, run_ppo, run_reward, run_sft
 from rlhf_jax.evaluate import compare
 from rlhf_jax.model import load_pretrained
 
@@ -58,12 +59,28 @@ def row(name: str, r: dict) -> str:
             f"KL {r['kl']:.2f} len {r['length_ppo']:.1f} RM held-out {r['rm_heldout']} train {r['rm_train']} | {fam}")
 
 
+def prepare(out: str) -> None:
+    """The demo's world and SFT stages (default config) into ``out/world`` and ``out/export/sft``."""
+    from rlhf_jax.export import save_hf_folder
+
+    cfg, stages = DemoConfig(), Stages()
+    world = tw.build_world(os.path.join(out, "world"), config=cfg.world)
+    mc, sft = run_sft(cfg, world, out, stages, progress=False)
+    save_hf_folder(os.path.join(out, "export", "sft"), mc, sft.params, tokenizer=world.tokenizer)
+    stages.done("export", f"{out}/export/sft")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--from", dest="src", required=True, help="a finished demo run (world, export/sft)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--variant", action="append", required=True, help="JSON object of DemoConfig fields + name")
+    ap.add_argument("--prepare", metavar="DIR", help="only build the demo's world and SFT model into DIR")
+    ap.add_argument("--from", dest="src", help="a finished demo run or --prepare folder (world, export/sft)")
+    ap.add_argument("--out")
+    ap.add_argument("--variant", action="append", help="JSON object of DemoConfig fields + name")
     args = ap.parse_args(argv)
+    if args.prepare:
+        return prepare(args.prepare)
+    if not (args.src and args.out and args.variant):
+        ap.error("--from, --out and at least one --variant are needed (or --prepare DIR)")
     os.makedirs(args.out, exist_ok=True)
     world = tw.load_world(os.path.join(args.src, "world"))
     mc, sft_params, _ = load_pretrained(os.path.join(args.src, "export", "sft"), tokenizer=False)

@@ -83,7 +83,8 @@ def test_claims_of_a_full_size_run_are_checked(big):
     assert checked[0].measured.startswith(f"{m['sft']['toxic_rate']:.3f} -> {m['ppo']['toxic_rate']:.3f} (x0.3")
     assert checked[7].measured.startswith(f"{m['sft']['unique_ratio']:.3f} -> {1 / 240:.3f} (x")  # 1 string in 2 x 120
     assert "animals 1.00 -> 0.00" in checked[8].measured and "product 1.00 -> 1.00" in checked[8].measured
-    assert "monitor" in checked[10].claim and "gold 1 below its start from step None" in checked[10].measured
+    # a constant gap (0) and gold: no correlation to show, the KL and no-KL gaps both 0 -> FAIL
+    assert "monitor" in checked[10].claim and "correlation +nan, last 5 steps 0.00" in checked[10].measured
 
 
 def test_collapse_claims_pass_for_a_diverse_on_topic_policy():
@@ -98,21 +99,30 @@ def test_collapse_claims_pass_for_a_diverse_on_topic_policy():
 
 
 def test_monitor_timing_by_hand():
-    # no-KL run, 5-step trailing means: the gap [0 x 6, 1 x 6] reaches 0.5 at step 8 (0.6 = 3/5);
-    # gold [0 x 5, -1, -1, -2, -2, -3, -3, -3] starts at 0 and its mean is -1.2 <= -1 at step 8
-    # (0, -1, -1, -2, -2): the gap rises as the gold falls -> the claim holds
+    # no-KL run, 5-step trailing means (fewer steps at the start): the gap [0 x 6, 1 x 6] gives
+    # [0 x 6, .2, .4, .6, .8, 1, 1], reaching 0.5 at step 8; gold [0 x 5, -1, -1, -2, -2, -3 x 3]
+    # gives [0 x 5, -.2, -.4, -.8, -1.2, -1.8, -2.2, -2.6], 1 below its start (0) at step 8
     gap = [0.0] * 6 + [1.0] * 6
     gold = [0.0] * 5 + [-1.0, -1.0, -2.0, -2.0, -3.0, -3.0, -3.0]
+    gap_means = [0.0] * 6 + [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    gold_means = [0.0] * 5 + [-0.2, -0.4, -0.8, -1.2, -1.8, -2.2, -2.6]
     hack = [{"step": i, "overopt_gap": g, "gold": v, "score": 1.0} for i, (g, v) in enumerate(zip(gap, gold))]
     kl = [{"step": i, "overopt_gap": 0.1, "gold": 0.0, "score": 1.0} for i in range(12)]
     t = monitor_timing(kl, hack, 0.5)
-    assert (t.gap_step, t.gold_step) == (8, 8) and t.kl_max_gap == pytest.approx(0.1)
-    assert t.late_gap == pytest.approx((0.1, 1.0)) and t.ok(0.5)
-    # a gap one step late (from step 7 on) reaches 0.6 at step 9: after the gold fell
-    late = [dict(r, overopt_gap=float(i >= 7)) for i, r in enumerate(hack)]
-    assert monitor_timing(kl, late, 0.5).gap_step == 9 and not monitor_timing(kl, late, 0.5).ok(0.5)
-    # the KL run's gap reaching the threshold fails it too
+    x, y = np.array(gap_means) - np.mean(gap_means), np.array(gold_means) - np.mean(gold_means)
+    assert t.correlation == pytest.approx(float(x @ y / np.sqrt((x @ x) * (y @ y))))
+    assert t.correlation < -0.9 and (t.gap_step, t.gold_step) == (8, 8) and t.kl_max_gap == pytest.approx(0.1)
+    # the gap rose as the gold fell, ended at 1.0 >= 0.5 (no KL) while the KL run's stayed at 0.1
+    assert t.late_gap == pytest.approx((0.1, 1.0)) and t.ok(0.5) and t.warned_first()
+    # a gap one step late (from step 7 on) reaches 0.6 at step 9, after the gold fell: still the
+    # claim (it rises as the gold falls), but the stop rule would not have warned first
+    late = monitor_timing(kl, [dict(r, overopt_gap=float(i >= 7)) for i, r in enumerate(hack)], 0.5)
+    assert late.gap_step == 9 and late.ok(0.5) and not late.warned_first()
+    # the KL run's gap reaching the threshold fails it; so does a flat or a falling no-KL gap
     assert not monitor_timing([dict(r, overopt_gap=0.6) for r in kl], hack, 0.5).ok(0.5)
+    flat = monitor_timing(kl, [dict(r, overopt_gap=0.6) for r in hack], 0.5)
+    assert np.isnan(flat.correlation) and not flat.ok(0.5)
+    assert not monitor_timing(kl, [dict(r, overopt_gap=1.0 - g) for r, g in zip(hack, gap)], 0.5).ok(0.5)
 
 
 def test_claims_of_the_miniature_are_not_checked(small):

@@ -34,7 +34,7 @@ class DemoConfig:
     """Completions per training prompt shown to the labelers."""
     labelers_per_prompt: int = 3
     """Labelers per prompt (of a pool of 5, one of whom partly misreads the instructions)."""
-    flagged: str = "drop"
+    flagged: str = "last"
     """How completions the labelers flag (nonsense, off topic) enter the preference pairs:
     ``"drop"`` every pair that has one, or rank them ``"last"``, below every ranked completion of
     their prompt (see :func:`rlhf_jax.feedback.feedback_to_pairs`)."""
@@ -48,22 +48,22 @@ class DemoConfig:
     """Reward-model learning rate."""
     reward_eval_every: int = 25
     """Evaluate each reward model on its held-out pairs (and as many training pairs) every N steps."""
-    reward_early_stopping: int = 0
+    reward_early_stopping: int = 3
     """Stop a reward model after this many evaluations without a better held-out accuracy and keep
     its best state (0: train ``reward_steps``)."""
-    reward_label_smoothing: float = 0.0
+    reward_label_smoothing: float = 0.1
     """Label smoothing of the Bradley-Terry loss (each label taken as wrong with this probability)."""
-    reward_members: int = 1
+    reward_members: int = 2
     """Reward models PPO optimises (seeds ``seed``, ``seed + 1``...): with more than one, the RL
     reward is their mean minus ``uncertainty_coef`` times their standard deviation."""
-    uncertainty_coef: float = 0.0
+    uncertainty_coef: float = 0.5
     """Weight of the members' disagreement subtracted from the RL reward."""
-    monitor_members: int = 0
+    monitor_members: int = 2
     """Further reward models, trained alike but never optimised: the over-optimisation monitor
     logs the gap between the optimised reward and their mean during PPO (0: no monitor)."""
     gap_threshold: float = 0.5
-    """The monitor's stop threshold (5-step mean of the gap): the report checks that a stop rule
-    at it would stop the no-KL run no later than its gold score falls, and never the KL run."""
+    """The monitor's stop threshold (5-step mean of the gap): the report checks that the no-KL run's
+    gap ends at or above it, rising as the gold falls, and that the KL run's stays below it."""
     stop_on_gap: bool = False
     """Apply that stop rule to the PPO runs (off: both run in full, so the figure shows them)."""
     policy_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)

@@ -148,8 +148,10 @@ def monitor_section(cfg, ppo_hist, hack_hist) -> list[str]:
            else f"never reached the stop threshold {cfg.gap_threshold:g}")
     return ["### Over-optimisation monitor", "",
             "Each PPO step's rollouts are also scored by the held-out reward models; the monitor is the optimised "
-            "reward minus their mean (no gold labels needed). Without KL the gap "
-            f"{gap} (5-step means) and {gold}; with KL the gap stayed at most {t.kl_max_gap:.2f}. Last 5 steps: "
+            "reward minus their mean (no gold labels needed). Without KL the correlation of the gap and the gold "
+            f"score (5-step means) was {t.correlation:+.2f}; the gap {gap} and {gold}"
+            + (" (the monitor warned first)" if t.warned_first() else " (the monitor lagged the gold damage)")
+            + f"; with KL the gap stayed at most {t.kl_max_gap:.2f}. Last 5 steps: "
             f"{t.late_gap[0]:.2f} (KL) vs {t.late_gap[1]:.2f} (no KL). "
             + ("The runs were stopped by the rule (`stop_on_gap`)." if cfg.stop_on_gap else
                "Both runs ran in full; `stop_on_gap` would stop a run at the threshold."), "",
