@@ -76,8 +76,9 @@ class DemoConfig:
     """PPO learning rate (policy and critic adapters)."""
     entropy_coef: float = 0.0
     """PPO entropy bonus."""
-    kl_coef: float = 0.2
-    """KL coefficient of the main run."""
+    kl_coef: float = 0.7
+    """KL coefficient of the main run (0.2 collapsed the policy onto a few answers per prompt family,
+    1.0 kept too little of the toxicity reduction: ``docs/demo_collapse.md``)."""
     max_new_tokens: int = 24
     """Longest completion."""
     hacking_steps: int = 120
