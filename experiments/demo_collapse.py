@@ -52,7 +52,8 @@ def numbers(report, rewards, ppo, seconds: float) -> dict:
 
 
 def row(name: str, r: dict) -> str:
-    fam = " ".join(f"{g[:4]} top {r[g]['on_topic'][0]:.2f}->{r[g]['on_topic'][1]:.2f} gold {r[g]['gold'][1] - r[g]['gold'][0]:+.2f}"
+    fam = " ".join(f"{g[:4]} top {r[g]['on_topic'][0]:.2f}->{r[g]['on_topic'][1]:.2f} "
+                   f"gold {r[g]['gold'][1] - r[g]['gold'][0]:+.2f}"
                    for g in tw.FAMILIES if g in r)
     return (f"{name}: unique {r['unique_sft']:.3f}->{r['unique_ppo']:.3f} (x{r['unique_ppo'] / r['unique_sft']:.2f}) "
             f"toxic x{r['toxic_ppo'] / max(r['toxic_sft'], 1e-9):.2f} gold {r['gold_sft']:+.2f}->{r['gold_ppo']:+.2f} "

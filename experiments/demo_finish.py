@@ -59,8 +59,8 @@ def main(argv=None) -> None:
     ap.add_argument("--set", default="{}", help="JSON object of DemoConfig fields changed from the --from run's")
     args = ap.parse_args(argv)
     src_cfg = json.load(open(os.path.join(args.src, "summary.json")))["config"]
-    base = build_config(DemoConfig, {k: v for k, v in src_cfg.items() if k not in ("world", "reward_lora", "policy_lora")},
-                        base=DemoConfig())
+    nested = ("world", "reward_lora", "policy_lora")  # the demo's defaults (not changed by --set here)
+    base = build_config(DemoConfig, {k: v for k, v in src_cfg.items() if k not in nested}, base=DemoConfig())
     cfg = build_config(DemoConfig, json.loads(args.set), base=base)
     os.makedirs(args.out, exist_ok=True)
     world = tw.load_world(os.path.join(args.src, "world"))

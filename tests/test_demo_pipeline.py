@@ -22,7 +22,8 @@ def test_every_stage_connects_and_writes_its_files(demo):
     for rel in ["world/tokenizer/tokenizer.json", "sft/metrics.jsonl", "sft/sft_curves.png", "feedback/ranked.jsonl",
                 "feedback/pairs.parquet", "feedback/stats.txt", "reward/model/reward_model.safetensors",
                 "reward/model/reward_config.json", "ppo/metrics.jsonl", "ppo/ppo_curves.png", "ppo_no_kl/metrics.jsonl",
-                "reward_hacking.png", "overoptimisation.png", "reward/member_3/model/reward_config.json", "eval/eval.json", "eval/report.md", "eval/eval.png",
+                "reward_hacking.png", "overoptimisation.png", "reward/member_3/model/reward_config.json",
+                "eval/eval.json", "eval/report.md", "eval/eval.png",
                 "export/ppo_policy/model.safetensors", "export/sft/config.json", "report.md", "summary.json"]:
         assert os.path.exists(os.path.join(out, rel)), rel
     assert len(summary["claims"]) == 11 and all(isinstance(c["pass"], bool) for c in summary["claims"])

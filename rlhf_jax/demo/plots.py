@@ -65,7 +65,8 @@ def plot_overoptimisation(histories: dict[str, list[dict]], path: str, *, key: s
             ax.plot(steps, smooth(v, window), color=color, lw=1.8, label=name)
     if threshold is not None:
         axes[1].axhline(threshold, color="k", ls=":", lw=1, label=f"stop rule ({threshold:g})")
-    for ax, title in zip(axes, ("reward: optimised vs held-out reward models", "monitor: optimised - held out (no gold)",
+    for ax, title in zip(axes, ("reward: optimised vs held-out reward models",
+                                "monitor: optimised - held out (no gold)",
                                 "gold rubric (hidden)")):
         ax.set_title(title)
         ax.set_xlabel("PPO step")

@@ -131,7 +131,8 @@ def reward_section(cfg, rewards, agreements: list[float]) -> list[str]:
                f"{cfg.reward_steps} steps; ")
             + f"train accuracy on as many training pairs as are held out. Held-out pair accuracy "
             f"**{np.mean(held):.3f}** (mean), next to the labelers' own agreement with their consensus: mean "
-            f"{np.mean(agreements):.3f} (range {min(agreements):.3f}-{max(agreements):.3f}). Each is normalised to mean "
+            f"{np.mean(agreements):.3f} (range {min(agreements):.3f}-{max(agreements):.3f}). Each is normalised to "
+            "mean "
             "0 / std 1 on the SFT model's samples.", "",
             "| model | role | seed | steps kept | train accuracy | held-out accuracy | train loss | held-out loss | "
             "gain | bias |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "", how, ""]
