@@ -17,10 +17,10 @@ from rlhf_jax.train.errors import CheckpointError, NonFiniteError, RunError
 from rlhf_jax.train.fit import FitContext, FitResult, fit
 from rlhf_jax.train.optim import OptimConfig, guarded_update, make_optimizer
 from rlhf_jax.train.ppo import (Experience, PPOBatch, PPOConfig, PPOResult, PPORun, PPOState, advantages_from_arrays,
-                                make_ppo, make_ppo_experience, prepare_ppo, train_ppo)
+                                make_ppo, make_ppo_experience, metric_stop, prepare_ppo, train_ppo)
 from rlhf_jax.train.prompt_data import RLPrompts, prepare_prompts
 from rlhf_jax.train.reward import (RewardConfig, RewardResult, encode_preferences, make_reward, preference_pairs,
-                                   preference_scores, reward_loss, train_reward_model)
+                                   preference_scores, reward_loss, train_reward_ensemble, train_reward_model)
 from rlhf_jax.train.run import MetricsLogger, RunConfig, plot_curves, read_metrics
 from rlhf_jax.train.sft import (SFTBatch, SFTConfig, SFTResult, encode_sft, layout_examples, lm_loss, make_sft,
                                 sft_eval_sums, train_sft)
@@ -41,4 +41,5 @@ __all__ = [
     "CriticFreeConfig", "CriticFreeResult", "CriticFreeRun", "GRPOConfig", "GroupBatch", "RLOOConfig",
     "ReinforcePPConfig", "make_grpo", "make_reinforce_pp", "make_rloo", "prepare_critic_free", "prepare_grpo",
     "prepare_reinforce_pp", "prepare_rloo", "train_critic_free", "train_grpo", "train_reinforce_pp", "train_rloo",
+    "metric_stop", "train_reward_ensemble",
 ]
