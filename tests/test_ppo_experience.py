@@ -109,7 +109,8 @@ def test_max_prompt_length_keeps_the_last_tokens(tiny, capsys):
     run = prepare_ppo(cfg, base, tok, prompts, lambda p, c: [0.0] * len(c), config)
     assert run.prompts.batch.tokens.shape[1] == 2 and run.prompts.truncated == 3
     assert tok.decode(run.prompts.batch.tokens[0]) == "w4 w5"  # the end of the prompt is kept
-    assert "3 prompts longer than 2 tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 truncated" in err and "prompts longer than 2 tokens keep their last ones" in err
 
 
 def test_bad_scores_skip_every_update_of_the_step(tiny):

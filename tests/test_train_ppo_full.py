@@ -19,7 +19,7 @@ from rlhf_jax.rollout import SamplingConfig, cached_sampler, decode_responses, l
 from rlhf_jax.scoring import RewardModel, critic_from_reward, reward_scores
 from rlhf_jax.sharding import MeshConfig, make_mesh, shard_params
 from rlhf_jax.train import (OptimConfig, PPOBatch, PPOConfig, RunConfig, make_optimizer, make_ppo,
-                            make_ppo_experience, train_ppo)
+                            make_ppo_experience, prepare_ppo, train_ppo)
 from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
 
 
@@ -102,8 +102,7 @@ def test_full_critic_starts_from_the_merged_reward_adapter(setup):
     rm = _reward_model(cfg)
     # a LoRA policy with a full critic (a mixed case; the CLI test below trains full + full from a
     # reward adapter), and the LoRA path's critic for comparison
-    full = train_ppo(cfg, base, tok, tiny_prompts(32), rm, _config(1, critic_init="reward", policy_lora=LORA,
-                                                                   optim=OptimConfig(learning_rate=0.0)))
+    full = prepare_ppo(cfg, base, tok, tiny_prompts(32), rm, _config(1, critic_init="reward", policy_lora=LORA))
     crit = to_np(critic_from_reward(rm, base, full=True))
     lora_crit = to_np(critic_from_reward(rm))
     assert isinstance(full.state.params["critic"]["model"], dict)  # None stays full despite critic_init="reward"
@@ -113,7 +112,7 @@ def test_full_critic_starts_from_the_merged_reward_adapter(setup):
     np.testing.assert_array_equal(q(crit["model"]), np.asarray(q(merged)))
     assert np.any(q(crit["model"]) != q(before))  # the adapter really is in there
     jax.tree_util.tree_map(np.testing.assert_array_equal, crit["model"], to_np(merged))
-    # learning rate 0: the run's critic is still exactly the merged one
+    # the run's initial critic is exactly the merged one (OptimConfig refuses learning rate 0)
     jax.tree_util.tree_map(np.testing.assert_array_equal, to_np(full.state.params["critic"]["model"]), crit["model"])
     # the head as on the LoRA path: the score head with the normalisation folded in
     jax.tree_util.tree_map(np.testing.assert_array_equal, crit["head"], lora_crit["head"])

@@ -36,7 +36,8 @@ for name, lora in (("sft_lora", LoraConfig(rank=4, alpha=8.0)), ("sft_full", Non
                  "q_spec": [str(s) for s in r[1].params["layers_0"]["attn"]["q_proj"]["kernel"].sharding.spec]}
 pairs = [{"prompt": P[i], "chosen": C[i], "rejected": C[(i + 1) % 40]} for i in range(40)]
 r = [train_reward_model(cfg, base, tok, pairs, RewardConfig(lora=LoraConfig(rank=4, alpha=8.0), batch_size=8,
-                                                            optim=optim, run=run(m))) for m in (None, MESH)]
+                                                            max_length=24, optim=optim, run=run(m)))
+     for m in (None, MESH)]
 out["reward"] = {"loss": [[h["loss"] for h in x.history] for x in r],
                  "param_diff": max_diff(r[0].reward_model, r[1].reward_model)}
 target = lambda p, c: [x.split().count("w7") / 8 for x in c]
