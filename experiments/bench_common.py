@@ -318,14 +318,16 @@ class TrimmedSteps:
         from rlhf_jax.train import trim_padding
 
         d = self.data
-        cut = type(d)(*(x[self.idx[i]] for x in d)) if hasattr(d, "_asdict") else {k: v[self.idx[i]] for k, v in d.items()}
+        cut = (type(d)(*(None if x is None else x[self.idx[i]] for x in d)) if hasattr(d, "_asdict")
+               else {k: v[self.idx[i]] for k, v in d.items()})
         return trim_padding(cut, multiple=self.multiple)
 
     def device_rows(self, i: int):
+        import jax
         import jax.numpy as jnp
 
         r = self.rows(i)
-        return type(r)(*(jnp.asarray(x) for x in r)) if hasattr(r, "_asdict") else {k: jnp.asarray(v) for k, v in r.items()}
+        return jax.tree_util.tree_map(jnp.asarray, r)  # a NamedTuple's None fields stay None
 
     def warm(self, run_step) -> None:
         """``run_step(rows)`` once for each width of steps 1.. that step 0 does not have."""
@@ -339,15 +341,45 @@ class TrimmedSteps:
         return float(np.mean(self.widths[start:] or self.widths))
 
 
+class GroupedSteps(TrimmedSteps):
+    """:class:`TrimmedSteps` for grouped batches, each prompt once (``prompt_ids``/``prompt_mask``
+    and the completions under ``mask_key``): the rows of each step cut per side by
+    ``rlhf_jax.train.grouped_batches.grouped_rows``, as ``train_reward_model`` / ``train_dpo`` feed
+    them, then passed to ``wrap`` (``dict``, or ``DPOBatch``). Widths are ``(prompt, completion)``."""
+
+    def __init__(self, data: dict, *, batch: int, seed: int, steps: int, multiple: int = 8,
+                 mask_key: str = "attention_mask", wrap=dict):
+        from rlhf_jax.train import batch_indices
+
+        self.data, self.batch, self.seed, self.multiple = data, batch, seed, multiple
+        self.mask_key, self.wrap = mask_key, wrap
+        n = np.shape(data["prompt_ids"])[0]
+        self.idx = [batch_indices(i, n, batch, seed) for i in range(steps)]
+        self.widths = [(r["prompt_ids"].shape[-1], r[mask_key].shape[-1]) for r in map(self._cut, range(steps))]
+
+    def _cut(self, i: int) -> dict:
+        from rlhf_jax.train.grouped_batches import grouped_rows
+
+        return grouped_rows(self.data, self.idx[i], self.multiple, mask_key=self.mask_key)
+
+    def rows(self, i: int):
+        return self.wrap(**self._cut(i))
+
+    def mean_width(self, start: int = 1) -> tuple[float, float]:
+        w = np.asarray(self.widths[start:] or self.widths, np.float64)
+        return float(w[:, 0].mean()), float(w[:, 1].mean())
+
+
 class TrimmedStepRunner:
-    """Runs a jitted ``step_fn(state, rows, extra)`` on the rows of :class:`TrimmedSteps`;
+    """Runs a jitted ``step_fn(state, extra, rows)`` (an algorithm's ``step(state, base, batch)``) on
+    the rows of :class:`TrimmedSteps`;
     ``runner(i)`` is step ``i``'s wall time (step 0 also compiles every later width). Subclasses
     set ``state``, ``step_fn``, ``extra`` (the frozen base or ``None``) and ``batches``."""
 
     def run(self, rows) -> None:
         import jax
 
-        self.state, m = self.step_fn(self.state, rows, self.extra)
+        self.state, m = self.step_fn(self.state, self.extra, rows)
         jax.block_until_ready((self.state, m))
 
     def __call__(self, i: int) -> float:

@@ -1,5 +1,5 @@
 """PPO throughput and peak memory: TRL 1.12's ``trl.experimental.ppo.PPOTrainer`` (four full models:
-policy, reference, value, reward) against our ``rlhf_jax.train.PPOTrainer`` (one frozen base +
+policy, reference, value, reward) against our ``rlhf_jax.train.train_ppo`` (one frozen base +
 adapters) on the SAME random Llama checkpoint (width 256, 4 blocks, the toy world's ~410-word
 vocabulary), the same prompts left-padded to the same length (16), batch 16 episodes, 48 response
 tokens (no early stop on either side: ours ``eos_ids=()``, TRL ``stop_token=None`` so the policy's
@@ -23,7 +23,7 @@ instead of one more policy forward pass; ``--old-logprobs recompute`` does that 
 Throughput: the three run in ONE process, alternating step by step (our steps run inside a TRL
 step-end callback, outside TRL's timed span). Episodes/s = 16 / median step time over the steps
 after the first; the first step's excess over the median is reported as compile / warm-up.
-Generation is timed apart (ours: ``PPOTrainer.rollout`` called once more per step; TRL: its
+Generation is timed apart (ours: the policy's sampler called once more per step; TRL: its
 ``batch_generation`` wrapped).
 
 TRL calls ``gc.collect()`` twice per step; in a process that also holds JAX that would scan our
@@ -129,20 +129,58 @@ def setup_of(args) -> Setup:
 # our side (never imports torch)
 
 
+class OursPPO:
+    """Our PPO one step at a time, from the public pieces ``train_ppo`` runs
+    (:func:`rlhf_jax.train.prepare_ppo`): ``train_step(i)`` = step ``i``'s batch (generation +
+    scoring) and the jitted update, state donated, as :func:`rlhf_jax.train.fit` does."""
+
+    def __init__(self, model_config, base, tokenizer, prompts, reward, config):
+        import jax
+
+        from rlhf_jax.train import prepare_ppo
+
+        self.model_config, self.base, self.config = model_config, base, config
+        self.run = prepare_ppo(model_config, base, tokenizer, prompts, reward, config)
+        self.state, self.prompts = self.run.state, self.run.prompts.batch
+        self.step_fn = jax.jit(self.run.algorithm.step, donate_argnums=0)
+
+    def batch(self, i: int):
+        from rlhf_jax.train import FitContext
+
+        return self.run.batches(i, FitContext(self.state, self.base, None))[0]
+
+    def train_step(self, i: int) -> dict:
+        self.state, metrics = self.step_fn(self.state, self.base, self.batch(i))
+        return metrics
+
+    def rollout(self, i: int):
+        """Step ``i``'s generation alone, with the current policy."""
+        import jax
+
+        from rlhf_jax.lora import model_variables
+        from rlhf_jax.train import batch_indices
+
+        idx = batch_indices(i, self.prompts.tokens.shape[0], self.config.batch_size, self.config.run.seed)
+        key = jax.random.fold_in(jax.random.fold_in(self.state.rng, i), 0)
+        return self.run.sampler(model_variables(self.base, self.state.params["policy"]), self.prompts.tokens[idx],
+                                self.prompts.mask[idx], key)
+
+
 def make_ours(variant: str, cfg, base, tokenizer, prompts, s: Setup, old_logprobs: str = "sampler"):
-    """Our PPOTrainer: ``variant`` "lora" (r = s.rank adapters) or "full" (policy and critic fully
+    """Our PPO: ``variant`` "lora" (r = s.rank adapters) or "full" (policy and critic fully
     fine-tuned); the critic starts from the reward adapter (merged into its copy when full)."""
     import jax
 
-    from rlhf_jax.lora import LoraConfig, init_lora
+    from rlhf_jax.lora import Adapter, LoraConfig, init_lora
     from rlhf_jax.model import Transformer, init_head
     from rlhf_jax.rollout import SamplingConfig
-    from rlhf_jax.train import ModelReward, PPOConfig, PPOTrainer, RewardModel, RunConfig
+    from rlhf_jax.scoring import ModelScorer, RewardModel
+    from rlhf_jax.train import PPOConfig, RunConfig
 
     key = jax.random.PRNGKey(1)
     rm_lora = LoraConfig(rank=s.rank, alpha=2.0 * s.rank)
-    rm = RewardModel({"lora": init_lora(Transformer(cfg, lora=rm_lora), key),
-                      "head": init_head(jax.random.fold_in(key, 1), cfg.hidden_size)}, lora=rm_lora)
+    rm = RewardModel(Adapter(init_lora(Transformer(cfg, lora=rm_lora), key), rm_lora),
+                     init_head(jax.random.fold_in(key, 1), cfg.hidden_size))
     lora = LoraConfig(rank=s.rank, alpha=2.0 * s.rank) if variant == "lora" else None
     pc = PPOConfig(policy_lora=lora, critic_lora=lora, critic_init="reward", old_logprobs=old_logprobs,
                    batch_size=s.batch, mini_batch_size=s.mini_batch, ppo_epochs=s.epochs,
@@ -150,11 +188,11 @@ def make_ours(variant: str, cfg, base, tokenizer, prompts, s: Setup, old_logprob
                    kl_coef=0.05, kl_estimator="k1", whiten_advantages=True,
                    optim=dataclasses.replace(PPOConfig().optim, learning_rate=s.lr),
                    run=RunConfig(progress=False, tensorboard=False, max_steps=10 ** 6))
-    return PPOTrainer(cfg, base, tokenizer, prompts, ModelReward(model_config=cfg, reward_model=rm), pc)
+    return OursPPO(cfg, base, tokenizer, prompts, ModelScorer(cfg, rm), pc)
 
 
 def ours_step(trainer, i: int) -> tuple[float, float]:
-    """One whole ``train_step`` (rollout + jitted PPO step), blocked; ``(seconds, mean length)``."""
+    """One whole step (rollout + scoring + jitted PPO step), blocked; ``(seconds, mean length)``."""
     import jax
 
     t0 = time.perf_counter()
@@ -164,11 +202,11 @@ def ours_step(trainer, i: int) -> tuple[float, float]:
 
 
 def ours_rollout_time(trainer, i: int) -> float:
-    """The generation phase alone: one more ``rollout`` with the current state."""
+    """The generation phase alone: one more rollout with the current state."""
     import jax
 
     t0 = time.perf_counter()
-    jax.block_until_ready(trainer.rollout(trainer.state, i)[0])
+    jax.block_until_ready(trainer.rollout(i))
     return time.perf_counter() - t0
 
 

@@ -1,4 +1,4 @@
-"""SFT throughput: TRL 1.12's ``SFTTrainer`` against our SFT step (``rlhf_jax.train.make_sft_step``,
+"""SFT throughput: TRL 1.12's ``SFTTrainer`` against our SFT step (``rlhf_jax.train.make_sft``,
 jitted once with donation exactly as ``train_sft`` does) on the SAME random Llama checkpoint
 (width 256, 4 blocks, the toy world's ~410-word vocabulary) and the SAME token sequences: 2,048
 prompt + completion examples of the toy world's SFT corpus, tokenised once by our ``encode_sft``
@@ -27,8 +27,20 @@ c = 6 for full fine-tuning, c = 4 for LoRA (forward + gradient through the activ
 frozen base gets no weight gradient). Shown next to this machine's float32 matmul rate measured in
 the same run (jitted 1024^3, median of 10 at the start and 10 at the end).
 
+Packing (``--packing``): a length-skewed data set (example lengths drawn from a log-normal, median
+48 tokens, sigma 0.9, clipped to [8, 256]; random token ids, loss on every token), full fine-tuning
+of the same checkpoint three ways in one process, alternating step by step: ours unpacked (one
+example per row, each batch cut to its longest example rounded up to 8), ours packed
+(``SFTConfig(packing=True)``: best-fit rows of 256 tokens with segment ids, no attention across
+examples) and TRL's ``SFTTrainer(packing=True)`` (its default ``bfd`` strategy: best-fit rows of 256
+tokens, padding-free, position ids restarting per example, which ``transformers``' SDPA attention
+turns into a block-diagonal mask over the flattened batch). Each step holds about the same number
+of real tokens on every side (8 packed rows; unpacked: as many examples as fill 8 rows on average).
+Tokens/s counts real (non-padding) tokens.
+
     python experiments/bench_sft.py            # full run (~2 minutes on 2 cores)
     python experiments/bench_sft.py --quick    # fewer steps
+    python experiments/bench_sft.py --packing  # the packing comparison
     python experiments/bench_sft.py --gpu      # accelerator: ours only, 0.5B-class bf16 model
 """
 
@@ -62,6 +74,7 @@ class Setup:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bc.add_common_args(p)
+    p.add_argument("--packing", action="store_true", help="packed vs unpacked vs TRL packing on skewed lengths")
     return p.parse_args(argv)
 
 
@@ -85,22 +98,15 @@ class OursSFT(bc.TrimmedStepRunner):
 
     def __init__(self, cfg, params, data, *, batch: int, lr: float, steps: int, lora=None, seed: int = 0):
         import jax
-        import jax.numpy as jnp
 
-        from rlhf_jax.lora import init_lora
-        from rlhf_jax.model import Transformer
         from rlhf_jax.sharding import jit_step
-        from rlhf_jax.train import OptimConfig, init_state, make_optimizer, make_sft_step
+        from rlhf_jax.train import OptimConfig, SFTConfig, make_optimizer, make_sft
 
-        model = Transformer(cfg, lora=lora)
-        trainable = (init_lora(model, jax.random.PRNGKey(seed + 1)) if lora is not None
-                     else jax.tree_util.tree_map(jnp.copy, params))
-        self.base = params if lora is not None else None
-        opt = make_optimizer(OptimConfig(learning_rate=lr))
-        step, _ = make_sft_step(model, opt)
-        self.state = init_state(trainable, opt, seed)
-        self.step_fn = jit_step(step, None, self.state)
-        self.extra = self.base
+        config = SFTConfig(lora=lora, batch_size=batch, optim=OptimConfig(learning_rate=lr))
+        algo = make_sft(cfg, make_optimizer(config.optim), config)
+        self.state = algo.init(jax.random.PRNGKey(seed), params)
+        self.step_fn = jit_step(algo.step, None, self.state)
+        self.extra = params if lora is not None else None  # full fine-tuning: the step needs no base
         self.batches = bc.TrimmedSteps(data, batch=batch, seed=seed, steps=steps)
 
 
@@ -140,14 +146,105 @@ def sft_data(world, s: Setup):
     return data
 
 
+def skewed_examples(n: int, vocab: int, *, length: int, median: float = 48.0, sigma: float = 0.9, seed: int = 0):
+    """``n`` examples of random token ids (3..vocab) with log-normal lengths clipped to [8, length],
+    loss on every token."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(np.exp(rng.normal(np.log(median), sigma, n))), 8, length).astype(int)
+    return [(rng.integers(3, vocab, k).tolist(), [1] * k) for k in lengths]
+
+
+def make_trl_packed(ckpt, tok, examples, *, rows: int, length: int, lr: float, total_steps: int, out_dir: str,
+                    callbacks=()):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    bc.hf_quiet()
+    ds = Dataset.from_dict({"input_ids": [ids for ids, _ in examples]})
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    args = SFTConfig(output_dir=out_dir, per_device_train_batch_size=rows, gradient_accumulation_steps=1,
+                     max_steps=total_steps, learning_rate=lr, max_length=length, packing=True,
+                     gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none", save_strategy="no",
+                     logging_steps=10 ** 6, disable_tqdm=True, dataloader_num_workers=0, seed=0, max_grad_norm=1.0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
+    bc.drop_printer(trainer)
+    return trainer
+
+
+def packing_main(args, s: Setup):
+    """Ours packed vs ours unpacked vs TRL packed, on length-skewed examples (module docstring)."""
+    from rlhf_jax.model import load_pretrained
+    from rlhf_jax.train import SFTConfig, layout_examples
+
+    bc.start_torch(args.omp_wait_policy)
+    length, rows = (64, 2) if args.tiny else (256, 8)
+    total = s.warmup + s.steps
+    with tempfile.TemporaryDirectory() as root:
+        tok = bc.build_world_dir(args.world_dir or Path(root) / "world").tokenizer
+        shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
+        ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(tok), max_positions=length, **shape)
+        cfg, params, _ = load_pretrained(ckpt, tokenizer=False)
+        examples = skewed_examples(256 if args.tiny else 2048, cfg.vocab_size, length=length)
+        lens = np.array([len(x) for x, _ in examples])
+        packed, report = layout_examples(examples, SFTConfig(max_length=length, packing=True), 0)
+        per_row = float(packed.attention_mask.sum(1).mean())
+        batch = max(1, int(round(rows * per_row / lens.mean())))  # unpacked: about the same real tokens per step
+        unpacked, _ = layout_examples(examples, SFTConfig(max_length=length), 0)
+        ours = {"unpacked": OursSFT(cfg, params, unpacked, batch=batch, lr=s.lr, steps=total),
+                "packed": OursSFT(cfg, params, packed, batch=rows, lr=s.lr, steps=total)}
+        times = {k: [] for k in ours}
+
+        def between(i):
+            for k, run in ours.items():
+                times[k].append(run(i))
+
+        clock = bc.step_clock(between)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = make_trl_packed(ckpt, tok, examples, rows=rows, length=length, lr=s.lr, total_steps=total,
+                                      out_dir=out, callbacks=[clock])
+            trl_rows = trainer.train_dataset["input_ids"]
+            trl_per_row = float(np.mean([len(x) for x in trl_rows]))
+            print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} "
+                  f"blocks); {len(examples)} examples, lengths mean {lens.mean():.1f}, median {np.median(lens):.0f}, "
+                  f"p90 {np.percentile(lens, 90):.0f}, max {lens.max()}; ours packed: {report.summary()}; TRL "
+                  f"packed {len(trl_rows)} rows ({trl_per_row / length:.1%} filled); {s.warmup} warm-up + "
+                  f"{s.steps} measured steps", flush=True)
+            gc.collect()
+            gc.freeze()
+            trainer.train()
+            gc.unfreeze()
+        times["trl"] = clock.times
+    real = {"unpacked": batch * lens.mean(), "packed": rows * per_row, "trl": rows * trl_per_row}
+    shape_of = {"unpacked": f"{batch} examples, padded to ~{ours['unpacked'].batches.mean_width(s.warmup):.0f}",
+                "packed": f"{rows} rows x {length}", "trl": f"{rows} rows x {length} (flattened)"}
+    names = {"trl": "TRL 1.12 SFTTrainer, packing=True (bfd, padding-free)", "unpacked": "ours, unpacked",
+             "packed": "ours, packing=True"}
+    tps, table = {}, []
+    for k in ("trl", "unpacked", "packed"):
+        med = bc.median(times[k][s.warmup:])
+        tps[k] = real[k] / med
+        table.append([names[k], shape_of[k], f"{real[k]:,.0f}", f"{tps[k]:,.0f}", f"{med * 1e3:.1f}"])
+    print(f"\n{bc.busy_warning()}")
+    bc.print_table(["run", "per step", "real tokens / step", "tokens/s (real)", "ms/step"], table)
+    for k in ("trl", "unpacked", "packed"):
+        print(bc.steps_line(names[k], times[k]))
+    print()
+    print(bc.ratio_line("SFT tokens/s on skewed lengths, ours packed", tps["packed"], tps["trl"]))
+    print(bc.ratio_line("SFT tokens/s on skewed lengths, ours unpacked", tps["unpacked"], tps["trl"]))
+    print(f"packed / unpacked (ours): {tps['packed'] / tps['unpacked']:.2f}x")
+    return {"tps": tps}
+
+
 def gpu_main(args, s: Setup):
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.train import SFTData
+    from rlhf_jax.train import SFTBatch
 
     cfg, peak, how, params = bc.gpu_start(args.tiny)
     b, t = s.batch, s.gpu_length
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (4 * b, t)).astype(np.int32)
-    data = SFTData(ids, np.ones_like(ids), np.ones_like(ids))
+    data = SFTBatch(ids, np.ones_like(ids), np.ones_like(ids))
     n = bc.matmul_params(cfg)
     rows = []
     runs = (("full fine-tuning", None, 6), (f"LoRA r={s.rank}", LoraConfig(rank=s.rank), 4))
@@ -170,6 +267,8 @@ def main(argv=None):
     s = setup_of(args)
     if args.gpu:
         return gpu_main(args, s)
+    if args.packing:
+        return packing_main(args, s)
     torch, threads = bc.start_torch(args.omp_wait_policy)
     from rlhf_jax.lora import LoraConfig
     from rlhf_jax.model import load_pretrained

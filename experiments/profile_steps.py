@@ -100,10 +100,10 @@ def ppo_rows(cfg, base, tok, prompts, variants, repeats):
     s = bench_ppo.Setup()
     for v in variants:
         tr = bench_ppo.make_ours(v, cfg, base, tok, prompts, s)
-        exp = jax.jit(make_ppo_experience(tr.model_config, tr.config, tr.reward, tr.critic_lora))
-        c_gen, gen = timed(lambda: tr.rollout(tr.state, 0)[0], repeats)
-        ro = tr.rollout(tr.state, 0)[0]
-        c_exp, t_exp = timed(lambda: exp(tr.state, tr.base, tr._reward_arrays, ro, None), repeats)
+        exp = jax.jit(make_ppo_experience(tr.model_config, tr.config))
+        c_gen, gen = timed(lambda: tr.rollout(0), repeats)
+        batch = tr.batch(0)
+        c_exp, t_exp = timed(lambda: exp(tr.state, tr.base, batch), repeats)
         counter = iter(range(10 ** 6))
         c_step, step = timed(lambda: tr.train_step(next(counter)) and tr.state, repeats)
         split = op_split(lambda: tr.train_step(next(counter)) and tr.state, 2)
@@ -116,20 +116,19 @@ def step_loss(kind, cfg, params, lora):
     """The loss our SFT / reward step differentiates, as ``loss(trainable, rows)``."""
     from rlhf_jax.losses import bradley_terry_loss
     from rlhf_jax.model import Transformer
-    from rlhf_jax.train import lm_loss, raw_scores
+    from rlhf_jax.lora import lora_config_of, model_variables
+    from rlhf_jax.scoring import raw_scores
+    from rlhf_jax.train import lm_loss
 
-    base = None if lora is None else params
     if kind == "SFT":
-        model = Transformer(cfg, lora=lora)
-
         def loss(trainable, r):
-            v = {"params": trainable} if base is None else {"params": base, "lora": trainable}
-            logits = model.apply(v, r.input_ids, attention_mask=r.attention_mask).logits
+            model = Transformer(cfg, lora=lora_config_of(trainable))
+            logits = model.apply(model_variables(params, trainable), r.input_ids, attention_mask=r.attention_mask).logits
             return lm_loss(logits, r.input_ids, r.loss_mask)[0]
     else:
         def loss(trainable, r):
             b, k, t = r["input_ids"].shape
-            s = raw_scores(cfg, lora, base, trainable, r["input_ids"].reshape(b * k, t),
+            s = raw_scores(cfg, trainable._replace(gain=1.0, bias=0.0), params, r["input_ids"].reshape(b * k, t),
                            r["attention_mask"].reshape(b * k, t)).reshape(b, k)
             return bradley_terry_loss(s[:, 0], s[:, 1])[0]
     return loss

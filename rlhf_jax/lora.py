@@ -17,9 +17,12 @@ import dataclasses
 import re
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rlhf_jax.config_checks import ConfigError, at_least, check, in_range, one_of, positive
 
 PyTree = Any
 
@@ -51,12 +54,20 @@ class LoraConfig:
     ``"gaussian"`` (normal with std 1/R). ``B`` is always zero."""
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"LoraConfig.rank must be >= 1, got {self.rank}")
-        if self.init not in ("kaiming", "gaussian"):
-            raise ValueError(f"LoraConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
+        at_least(self, "rank", 1, integer=True)
+        positive(self, "alpha")
+        in_range(self, "dropout", 0, 1, high_open=True)
+        one_of(self, "init", ("kaiming", "gaussian"))
+        check(self, "targets", isinstance(self.targets, tuple) and len(self.targets) > 0,
+              "a non-empty tuple of regular expressions")
+        for i, pattern in enumerate(self.targets):
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(f"LoraConfig.targets[{i}] must be a non-empty string, got {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"LoraConfig.targets[{i}] must be a regular expression, got {pattern!r} "
+                                  f"({e})") from None
 
     @property
     def scale(self) -> float:
@@ -209,3 +220,67 @@ def tree_size(tree: PyTree) -> tuple[int, int]:
     leaves = jax.tree_util.tree_leaves(tree)
     return (sum(int(np.prod(x.shape)) for x in leaves),
             sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in leaves))
+
+
+@flax.struct.dataclass
+class Adapter:
+    """A trainable LoRA adapter: the ``"lora"`` tree plus its :class:`LoraConfig` as static data.
+
+    A pytree whose only leaves are the adapter's arrays (the config rides along in the tree
+    structure, so a jitted step knows at trace time which layers are adapted, with which scale,
+    and optimizer state, sharding and checkpoints see just the arrays). Anywhere a trainable model
+    tree is expected (``state.params["policy"]``, a reward model's or critic's ``"model"``), it is
+    either an :class:`Adapter` over the shared frozen base or a plain parameter tree (full
+    fine-tuning); :func:`model_variables` and :func:`lora_config_of` are the one place that tells
+    the two apart.
+    """
+
+    tree: PyTree
+    """``{"layers_0": {"attn": {"q_proj": {"a": [Din, R], "b": [R, Dout]}}}, ...}``."""
+    config: LoraConfig = flax.struct.field(pytree_node=False)
+    """Which layers, rank, alpha (scale), dropout."""
+
+    @property
+    def scale(self) -> float:
+        return self.config.scale
+
+
+def lora_config_of(trainable: PyTree | None) -> LoraConfig | None:
+    """The adapter's config when ``trainable`` is an :class:`Adapter`, else ``None`` (a full tree,
+    or no model at all)."""
+    return trainable.config if isinstance(trainable, Adapter) else None
+
+
+def model_variables(base: PyTree | None, trainable: PyTree | None) -> dict:
+    """The variables for ``Transformer(model_config, lora=lora_config_of(trainable)).apply``:
+
+    - ``trainable`` an :class:`Adapter`: ``{"params": base, "lora": trainable.tree}``;
+    - ``trainable`` a full parameter tree: ``{"params": trainable}`` (``base`` unused);
+    - ``trainable=None``: the base alone, ``{"params": base}`` (the reference model).
+    """
+    if trainable is None:
+        if base is None:
+            raise ValueError("model_variables: neither a base nor a trainable tree was given")
+        return {"params": base}
+    if isinstance(trainable, Adapter):
+        if base is None:
+            raise ValueError("model_variables: an Adapter needs the base it adapts")
+        return {"params": base, "lora": trainable.tree}
+    return {"params": trainable}
+
+
+def outer_params(base: PyTree | None, trainable: PyTree | None) -> PyTree:
+    """The parameter tree that holds the embedding and the LM head of ``base`` + ``trainable``:
+    ``trainable`` itself when it is a full tree, else ``base`` (an adapter only touches dense
+    layers)."""
+    return trainable if trainable is not None and not isinstance(trainable, Adapter) else base
+
+
+def merged_params(base: PyTree, trainable: PyTree | None) -> PyTree:
+    """The full parameter tree of ``base`` + ``trainable``: the adapter merged in
+    (:func:`merge_lora`), a full tree itself, or ``base`` when ``trainable`` is ``None``."""
+    if trainable is None:
+        return base
+    if isinstance(trainable, Adapter):
+        return merge_lora(base, trainable.tree, scale=trainable.scale)
+    return trainable

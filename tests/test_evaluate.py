@@ -12,12 +12,12 @@ import pytest
 from rlhf_jax.evaluate import (EvalConfig, EvaluationReport, ModelSpec, compare, completion_words, distinct_n,
                                evaluate, format_comparison, jackknife_interval, mean_interval, ngram_counts,
                                normal_interval)
-from rlhf_jax.evaluate.run import _sampler
-from rlhf_jax.lora import LoraConfig, init_lora
+from rlhf_jax.lora import Adapter, LoraConfig, init_lora, model_variables
 from rlhf_jax.losses import token_logprobs
 from rlhf_jax.model import Transformer, init_head
 from rlhf_jax.rollout import SamplingConfig
-from rlhf_jax.train import ModelReward, RewardModel, TextReward
+from rlhf_jax.rollout import cached_sampler
+from rlhf_jax.scoring import FunctionScorer, ModelScorer, RewardModel, reward_scores
 from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
 
 N_NEW, S, BS = 6, 3, 8
@@ -41,8 +41,8 @@ def world():
     adapter = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.asarray(0.5 * rng.normal(size=x.shape), jnp.float32) if path[-1].key == "b" else x,
         adapter)
-    sft = ModelSpec("sft", cfg, {"params": base})
-    ppo = ModelSpec("ppo", cfg, {"params": base, "lora": adapter}, lora=LORA)
+    sft = ModelSpec("sft", cfg, base)
+    ppo = ModelSpec("ppo", cfg, base, Adapter(adapter, LORA))
     return cfg, tiny_tokenizer(), base, sft, ppo
 
 
@@ -69,13 +69,14 @@ def evaluated(world):
         return [0.9 if "w3" in t.split() else 0.1 for t in texts]
 
     report = evaluate([sft, ppo], reference=sft, tokenizer=tok, prompts=PROMPTS, config=_eval_config(),
-                      reward=TextReward(fn=reward), toxicity=toxicity, scorers={"finished": scorer})
+                      reward=FunctionScorer(reward, name="count"), toxicity=toxicity, scorers={"finished": scorer})
     return report, reward, scorer, toxic_texts
 
 
 def test_kl_of_base_against_itself_is_exactly_zero(evaluated):
     report = evaluated[0]
-    assert report.metrics == ["reward", "toxicity", "finished", "kl", "length", "distinct_1", "distinct_2"]
+    assert report.metrics == ["reward", "toxicity", "finished", "kl", "length", "distinct_1", "distinct_2",
+                              "unique_ratio", "cross_prompt_share", "entropy_bits", "all_identical_share"]
     assert np.array_equal(report.values["sft"]["kl"], np.zeros((len(PROMPTS), S)))
     iv = report.summary["sft"]["kl"]
     assert (iv.mean, iv.low, iv.high) == (0.0, 0.0, 0.0)
@@ -86,10 +87,15 @@ def test_kl_of_base_against_itself_is_exactly_zero(evaluated):
 
 def test_scorers_receive_the_decoded_completions(evaluated, world):
     report, reward, scorer, toxic_texts = evaluated
-    assert len(scorer.calls) == 2 and len(reward.calls) == 2 and len(toxic_texts) == 2  # once per model
+    assert len(scorer.calls) == 2 and len(toxic_texts) == 2  # once per model
     rows = [p for p in PROMPTS for _ in range(S)]  # row p * S + s is sample s of prompt p
-    for m, (prompts, texts), (r_prompts, r_texts), t_texts in zip(report.models, scorer.calls, reward.calls,
-                                                                    toxic_texts):
+    # the reward is a scorer of generated batches: once per batch of BS rows (the last batch padded
+    # with repeats of its last row, dropped from the report)
+    per_model = -(-len(rows) // BS)
+    assert len(reward.calls) == 2 * per_model and all(len(c[0]) == BS for c in reward.calls)
+    joined = [tuple(sum((list(c[i]) for c in reward.calls[k * per_model:(k + 1) * per_model]), [])[:len(rows)]
+                    for i in (0, 1)) for k in range(2)]
+    for m, (prompts, texts), (r_prompts, r_texts), t_texts in zip(report.models, scorer.calls, joined, toxic_texts):
         assert prompts == rows and r_prompts == rows
         assert texts == [c for row in report.completions[m] for c in row] == t_texts
         lengths = report.values[m]["length"].reshape(-1)
@@ -211,15 +217,14 @@ def test_distinct_n_by_hand():
 
 
 def test_in_graph_reward_and_kl_match_an_independent_recomputation(world):
-    """A ModelReward is scored on prompt + completion tokens; the KL column is sum(log pi - log
+    """A reward model is scored on prompt + completion tokens; the KL column is sum(log pi - log
     pi_ref) over the response. Both are recomputed here from the same rollout (batch i samples
     with fold_in(PRNGKey(seed), i); rows are prompt-major)."""
     cfg, tok, base, sft, ppo = world
     rl = LoraConfig(rank=2, alpha=4.0)
     rm_lora = init_lora(Transformer(cfg, lora=rl), jax.random.PRNGKey(5))
-    rm = RewardModel({"lora": rm_lora, "head": init_head(jax.random.PRNGKey(6), cfg.hidden_size)}, gain=2.0,
-                     bias=0.5, lora=rl)
-    reward = ModelReward(model_config=cfg, reward_model=rm)
+    rm = RewardModel(Adapter(rm_lora, rl), init_head(jax.random.PRNGKey(6), cfg.hidden_size), gain=2.0, bias=0.5)
+    reward = ModelScorer(cfg, rm)
     config = _eval_config(keep_special_tokens=False)
     report = evaluate([ppo], reference=sft, tokenizer=tok, prompts=PROMPTS[:2], config=config, reward=reward)
 
@@ -229,12 +234,12 @@ def test_in_graph_reward_and_kl_match_an_independent_recomputation(world):
     rows = [0, 0, 0, 1, 1, 1, 1, 1]  # 2 prompts x 3 samples, padded to 8 rows with the last one
     for r, p in enumerate(rows):
         tokens[r, 16 - len(ids[p]):], mask[r, 16 - len(ids[p]):] = ids[p], 1
-    ro = _sampler(cfg, LORA, config.sampling)(ppo.variables, tokens, mask,
+    ro = cached_sampler(cfg, LORA, config.sampling)(model_variables(ppo.base, ppo.trainable), tokens, mask,
                                               jax.random.fold_in(jax.random.PRNGKey(3), 0))
 
     @jax.jit  # jitted only to compile once instead of op by op
     def independent(ro):
-        expected = rm.scores(cfg, base, ro.tokens, ro.attention_mask)
+        expected = reward_scores(cfg, rm, base, ro.tokens, ro.attention_mask)
         # KL from the sampler's own (cached decode) log-probs and a reference forward pass.
         ref_logits = Transformer(cfg).apply({"params": base}, ro.tokens, attention_mask=ro.attention_mask).logits
         ref_lp = token_logprobs(ref_logits[:, 15:15 + N_NEW], ro.response_tokens)
@@ -264,14 +269,14 @@ def test_errors_before_any_generation(world):
     kw = dict(reference=sft, tokenizer=tok, config=_eval_config())
     with pytest.raises(ValueError, match="no prompts"):
         evaluate([sft], prompts=[], **kw)
-    small = ModelSpec("small", cfg.replace(vocab_size=10), {"params": base})
+    small = ModelSpec("small", cfg.replace(vocab_size=10), base)
     with pytest.raises(ValueError, match=r"'small' has vocab_size 10 but the tokenizer has 20 tokens"):
         evaluate([small], prompts=PROMPTS, **kw)
-    big = ModelSpec("big", cfg.replace(vocab_size=32), {"params": base})
+    big = ModelSpec("big", cfg.replace(vocab_size=32), base)
     with pytest.raises(ValueError, match=r"'big': the embedding has 20 rows but its config says vocab_size 32"):
         evaluate([big], prompts=PROMPTS, **kw)
-    with pytest.raises(ValueError, match="LoraConfig"):
-        evaluate([ppo._replace(lora=None)], prompts=PROMPTS, **kw)
+    with pytest.raises(ValueError, match="needs the base"):
+        evaluate([ppo._replace(base=None)], prompts=PROMPTS, **kw)
     with pytest.raises(ValueError, match="unique"):
         evaluate([sft, sft], prompts=PROMPTS, **kw)
     with pytest.raises(ValueError, match="clash"):
@@ -280,3 +285,37 @@ def test_errors_before_any_generation(world):
         EvalConfig(sampling=SamplingConfig(max_new_tokens=4), samples_per_prompt=0)
     with pytest.raises(ValueError, match="ci"):
         EvalConfig(sampling=SamplingConfig(max_new_tokens=4), ci="t")
+
+
+def test_groups_on_topic_and_greedy_reach_the_report(world):
+    cfg, tok, base, sft, ppo = world
+    on_topic = Recorder(lambda p, c: [float("w7" in c_.split()) for c_ in c])
+    groups = lambda p: "short" if len(p.split()) < 3 else "long"  # noqa: E731
+    config = EvalConfig(sampling=SamplingConfig(max_new_tokens=N_NEW, greedy=True), samples_per_prompt=2,
+                        batch_size=BS, seed=3, progress=False)
+    report = evaluate([sft, ppo], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config, on_topic=on_topic,
+                      groups=groups)
+    assert report.metrics == ["on_topic", "kl", "length", "distinct_1", "distinct_2", "unique_ratio",
+                              "cross_prompt_share", "entropy_bits", "all_identical_share", "distinct_outputs"]
+    assert report.groups == [groups(p) for p in PROMPTS] and set(report.by_group) == {"short", "long"}
+    for m, (prompts, texts) in zip(report.models, on_topic.calls):
+        assert prompts == [p for p in PROMPTS for _ in range(2)]
+        assert texts == [c for row in report.completions[m] for c in row]
+        assert np.array_equal(report.values[m]["on_topic"].reshape(-1), [float("w7" in t.split()) for t in texts])
+        # Greedy decoding: both samples of a prompt are the one output, and distinct_outputs
+        # counts the distinct outputs over the prompts.
+        assert all(row[0] == row[1] for row in report.completions[m])
+        assert report.summary[m]["all_identical_share"].mean == 1.0
+        assert report.summary[m]["distinct_outputs"].mean == len({row[0] for row in report.completions[m]})
+        for g in ("short", "long"):
+            rows = [row[0] for row, label in zip(report.completions[m], report.groups) if label == g]
+            assert report.by_group[g][m]["distinct_outputs"].mean == len(set(rows))
+    assert "greedy decoding" in report.settings["metric_descriptions"]["distinct_outputs"]
+    with pytest.raises(ValueError, match=r"scorer 'on_topic' must return 0/1 or a probability in \[0, 1\]; got 2.0"):
+        evaluate([sft], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config,
+                 on_topic=lambda p, c: [2.0] * len(c))
+    with pytest.raises(ValueError, match="groups has 2 labels for 5 prompts"):
+        evaluate([sft], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config, groups=["a", "b"])
+    with pytest.raises(ValueError, match="clash"):
+        evaluate([sft], reference=sft, tokenizer=tok, prompts=PROMPTS, config=config,
+                 scorers={"on_topic": lambda p, c: c})

@@ -151,6 +151,15 @@ def test_params_that_do_not_fit_the_config_are_named(hf_checkpoints, tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
+def test_nonfinite_tensor_is_named_and_nothing_is_written(hf_checkpoints, tmp_path):
+    folder, _ = hf_checkpoints["llama"]
+    cfg, base, _ = load_pretrained(folder, tokenizer=False)
+    bad = dict(base, lm_head=base["lm_head"].at[3, 5].set(jnp.inf))
+    with pytest.raises(ExportError, match=r"tensor lm_head.weight holds non-finite values"):
+        save_hf_folder(tmp_path / "x", cfg, bad)
+    assert not os.path.exists(tmp_path / "x" / "model.safetensors")
+
+
 def test_export_imports_without_torch():
     code = ("import sys, rlhf_jax.export, rlhf_jax.export.hf, rlhf_jax.export.peft_format; "
             "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; assert not bad, bad")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from rlhf_jax.export import SCORE_BIAS_KEY, ExportError, save_hf_reward_model
-from rlhf_jax.lora import LoraConfig, merge_lora
+from rlhf_jax.lora import Adapter, LoraConfig, merge_lora
 from rlhf_jax.model import load_pretrained
-from rlhf_jax.train.reward import RewardModel
+from rlhf_jax.scoring import RewardModel, reward_scores
 from tests.conftest import left_padded_batch
 from tests.test_export_utils import load_hf, random_lora, torch_forward
 
@@ -24,12 +24,12 @@ def _reward_model(cfg, lora_config, seed=0):
     rng = np.random.default_rng(seed)
     head = {"kernel": jnp.asarray(rng.standard_normal(cfg.hidden_size) / np.sqrt(cfg.hidden_size), jnp.float32),
             "bias": jnp.asarray(0.7, jnp.float32)}
-    return RewardModel({"lora": random_lora(cfg, lora_config, seed=seed), "head": head}, gain=2.5, bias=-0.3,
-                       lora=lora_config)
+    return RewardModel(Adapter(random_lora(cfg, lora_config, seed=seed), lora_config), head, gain=2.5, bias=-0.3)
 
 
 def _our_scores(rm, cfg, base, tokens, mask):
-    return np.asarray(jax.jit(lambda b, t, m: rm.scores(cfg, b, t, m))(base, jnp.asarray(tokens), jnp.asarray(mask)))
+    score = jax.jit(lambda r, b, t, m: reward_scores(cfg, r, b, t, m))
+    return np.asarray(score(rm, base, jnp.asarray(tokens), jnp.asarray(mask)))
 
 
 def _right_padded(tokens, mask):
@@ -51,7 +51,7 @@ def test_hf_sequence_classifier_scores_equal_ours(hf_checkpoints, tmp_path, kind
     out = save_hf_reward_model(tmp_path / kind, cfg, base, rm)
 
     hf_cfg = json.loads(open(os.path.join(out, "config.json")).read())
-    head = rm.params["head"]
+    head = rm.head
     assert hf_cfg[SCORE_BIAS_KEY] == pytest.approx(2.5 * 0.7 - 0.3)
     assert hf_cfg["architectures"][0].endswith("ForSequenceClassification") and hf_cfg["pad_token_id"] == 0
     model = load_hf(out, "AutoModelForSequenceClassification")
@@ -76,8 +76,7 @@ def test_full_fine_tuned_reward_model_and_pad_errors(hf_checkpoints, tmp_path):
     cfg, base, _ = load_pretrained(folder, tokenizer=False)
     lc = LoraConfig(rank=2, alpha=2.0)
     rm = _reward_model(cfg, lc, seed=2)
-    full = RewardModel({"params": merge_lora(base, rm.params["lora"], scale=lc.scale), "head": rm.params["head"]},
-                       gain=rm.gain, bias=rm.bias)
+    full = RewardModel(merge_lora(base, rm.model.tree, scale=lc.scale), rm.head, gain=rm.gain, bias=rm.bias)
     a = save_hf_reward_model(tmp_path / "a", cfg, base, rm)
     b = save_hf_reward_model(tmp_path / "b", cfg, None, full)
     from safetensors.numpy import load_file
@@ -91,5 +90,8 @@ def test_full_fine_tuned_reward_model_and_pad_errors(hf_checkpoints, tmp_path):
         save_hf_reward_model(tmp_path / "c", cfg.replace(pad_token_id=None), base, rm)
     with pytest.warns(UserWarning, match="pad_token_id 2 is also an EOS id"):
         save_hf_reward_model(tmp_path / "d", cfg.replace(pad_token_id=2), base, rm)
-    with pytest.raises(ExportError, match="neither 'lora' nor 'params'"):
-        save_hf_reward_model(tmp_path / "e", cfg, base, RewardModel({"head": rm.params["head"]}))
+    # a head on the shared base as it is (model=None): the body is the base
+    e = save_hf_reward_model(tmp_path / "e", cfg, base, RewardModel(None, rm.head, gain=rm.gain, bias=rm.bias))
+    te = load_file(os.path.join(e, "model.safetensors"))
+    tbase = load_file(os.path.join(folder, "model.safetensors"))
+    np.testing.assert_array_equal(te["model.layers.0.self_attn.q_proj.weight"], tbase["model.layers.0.self_attn.q_proj.weight"])

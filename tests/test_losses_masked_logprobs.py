@@ -85,8 +85,8 @@ def _logprob_battery(z):
         "lp_tau": L.token_logprobs(z, TOKENS, temperature=0.7),
         "ent": L.entropy_from_logits(z),
         "ent_tau": L.entropy_from_logits(z, temperature=0.7),
-        "seq": L.sequence_logprob(lp, TMASK),
-        "seq_norm": L.sequence_logprob(lp, TMASK, length_normalize=True),
+        "seq": L.sequence_logprobs(lp, TMASK),
+        "seq_norm": L.sequence_logprobs(lp, TMASK, length_normalize=True),
     }
 
 
@@ -242,8 +242,8 @@ def test_logprobs_hand_example():
             "lp_tau2": L.token_logprobs(logits, jnp.array([[1]]), temperature=2.0)[0, 0],
             "ent": L.entropy_from_logits(logits)[0, 0],
             "ent_uniform4": L.entropy_from_logits(jnp.zeros((1, 1, 4)))[0, 0],
-            "seq": L.sequence_logprob(jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[1, 1, 0]]))[0],
-            "seq_norm": L.sequence_logprob(
+            "seq": L.sequence_logprobs(jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[1, 1, 0]]))[0],
+            "seq_norm": L.sequence_logprobs(
                 jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[1, 1, 0]]), length_normalize=True
             )[0],
         }
@@ -317,7 +317,7 @@ def test_logprobs_out_of_range_padding_and_fully_masked():
     assert np.all(np.isfinite(jax.jit(L.token_logprobs)(LOGITS, tokens)))
 
     def f(z):
-        return jnp.sum(L.sequence_logprob(L.token_logprobs(z, TOKENS), jnp.zeros((2, 4))))
+        return jnp.sum(L.sequence_logprobs(L.token_logprobs(z, TOKENS), jnp.zeros((2, 4))))
 
     v, g = jax.jit(jax.value_and_grad(f))(LOGITS)
     assert float(v) == 0.0 and np.all(np.isfinite(g)) and np.all(g == 0)

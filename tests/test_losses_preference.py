@@ -206,8 +206,8 @@ def test_preference_match_trl_transcriptions():
 
     @jax.jit
     def ours(tok):
-        seq = [L.sequence_logprob(t, mk) for t, mk in zip(tok, masks)]
-        avg = [L.sequence_logprob(t, mk, length_normalize=True) for t, mk in zip(tok, masks)]
+        seq = [L.sequence_logprobs(t, mk) for t, mk in zip(tok, masks)]
+        avg = [L.sequence_logprobs(t, mk, length_normalize=True) for t, mk in zip(tok, masks)]
         return L.dpo_loss(*seq, beta=beta), L.ipo_loss(*avg, beta=beta)[0]
 
     (dpo, metrics), ipo = ours(tok)

@@ -40,7 +40,7 @@ def test_two_processes_match_one_process(tmp_path):
         np.testing.assert_allclose(r["losses"], ref["losses"], atol=1e-5, rtol=0)
     assert ref["losses"][-1] != ref["losses"][0]
     got, want = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
-    assert sorted(got.files) == sorted(want.files) and "lora/layers_0/attn/q_proj/b" in want.files
+    assert sorted(got.files) == sorted(want.files) and "model/tree/layers_0/attn/q_proj/b" in want.files
     for name in want.files:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
     assert max(np.max(np.abs(want[n])) for n in want.files if n.endswith("/b")) > 1e-4  # B moved from 0

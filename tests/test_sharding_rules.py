@@ -11,7 +11,7 @@ from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model import ModelConfig, Transformer, init_head
 from rlhf_jax.sharding import (MeshConfig, default_rules, fit_spec, jit_step, make_mesh, param_shardings, param_specs,
                                path_string, process_rows, shard_batch, shard_params, spec_for)
-from rlhf_jax.train import OptimConfig, init_state, make_optimizer
+from rlhf_jax.train import OptimConfig, TrainState, make_optimizer
 
 AXES = {"data": 2, "fsdp": 2, "tensor": 2}
 LLAMA = ModelConfig(vocab_size=24, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64,
@@ -85,7 +85,8 @@ def test_optimizer_state_and_nested_trees_follow_params():
     _, lora = shapes(LLAMA, LoraConfig(rank=4))
     params = {"policy": lora, "critic": {"lora": lora, "head": init_head(jax.random.PRNGKey(0), 32)}}
     opt = make_optimizer(OptimConfig(grad_accum_steps=2))
-    state = jax.eval_shape(lambda p: init_state(p, opt, 0), params)
+    state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, opt.init(p), jax.random.PRNGKey(0),
+                                                jnp.zeros((), jnp.int32)), params)
     specs = param_specs(state, AXES)
     inner = specs.opt_state.inner_opt_state[1][0]  # MultiSteps(chain(clip, adamw)) -> adam's state
     assert inner.mu == specs.params and inner.nu == specs.params and specs.opt_state.acc_grads == specs.params

@@ -8,13 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.lora import LoraConfig, tree_size
+from rlhf_jax.lora import Adapter, LoraConfig, tree_size
 from rlhf_jax.model import ModelConfig, init_head
 from rlhf_jax.rollout import SamplingConfig
-from rlhf_jax.train import (ModelReward, OptimConfig, PPOConfig, PPOTrainer, RewardModel, RunConfig, TextReward)
+from rlhf_jax.scoring import ModelScorer, RewardModel, critic_from_reward
+from rlhf_jax.train import OptimConfig, PPOConfig, RunConfig, make_ppo, make_optimizer, train_ppo
 from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
 
-TARGET = TextReward(fn=lambda prompts, completions: [c.split().count("w7") / 8 for c in completions])
+
+def TARGET(prompts, completions):
+    """The count-the-token task: 1/8 per w7 in the completion."""
+    return [c.split().count("w7") / 8 for c in completions]
 
 
 def _config(steps, out=None, **kw):
@@ -33,7 +37,7 @@ def learned(tmp_path_factory):
     base = tiny_base(cfg)
     before = jax.tree_util.tree_map(np.array, base)
     out = tmp_path_factory.mktemp("ppo")
-    res = PPOTrainer(cfg, base, tok, tiny_prompts(), TARGET, _config(24, out / "straight")).train()
+    res = train_ppo(cfg, base, tok, tiny_prompts(), TARGET, _config(24, out / "straight"))
     return cfg, tok, base, before, res, out
 
 
@@ -56,8 +60,8 @@ def test_policy_equals_reference_at_step0_and_base_untouched(learned):
 
 def test_resume_is_bit_identical(learned):
     cfg, tok, base, _, res, out = learned
-    PPOTrainer(cfg, base, tok, tiny_prompts(), TARGET, _config(12, out / "resumed", checkpoint_every=12)).train()
-    resumed = PPOTrainer(cfg, base, tok, tiny_prompts(), TARGET, _config(24, out / "resumed", checkpoint_every=12)).train()
+    train_ppo(cfg, base, tok, tiny_prompts(), TARGET, _config(12, out / "resumed", checkpoint_every=12))
+    resumed = train_ppo(cfg, base, tok, tiny_prompts(), TARGET, _config(24, out / "resumed", checkpoint_every=12))
     assert [r["step"] for r in resumed.history] == list(range(24))
     for a, b in zip(res.history, resumed.history):
         assert a == b
@@ -68,9 +72,8 @@ def test_resume_is_bit_identical(learned):
 
 def test_reward_threshold_stops_early():
     cfg, tok = tiny_config(), tiny_tokenizer()
-    always = TextReward(fn=lambda p, c: [1.0] * len(c))
-    res = PPOTrainer(cfg, tiny_base(cfg), tok, tiny_prompts(), always,
-                     _config(50, reward_threshold=0.5, threshold_window=2, ppo_epochs=1)).train()
+    res = train_ppo(cfg, tiny_base(cfg), tok, tiny_prompts(), lambda p, c: [1.0] * len(c),
+                    _config(50, reward_threshold=0.5, threshold_window=2, ppo_epochs=1))
     assert len(res.history) == 2 and res.stop_reason.startswith("reward_threshold")
 
 
@@ -85,33 +88,33 @@ def test_one_base_copy_with_ingraph_reward_and_critic_from_reward():
 
     rl = LoraConfig(rank=2, alpha=4.0)
     rm_lora = jax.tree_util.tree_map(lambda x: x + 0.01, init_lora(Transformer(cfg, lora=rl), jax.random.PRNGKey(5)))
-    rm = RewardModel({"lora": rm_lora, "head": init_head(jax.random.PRNGKey(6), 128)}, gain=2.0, bias=0.5, lora=rl)
-    reward = ModelReward(model_config=cfg, reward_model=rm)
+    rm = RewardModel(Adapter(rm_lora, rl), init_head(jax.random.PRNGKey(6), 128), gain=2.0, bias=0.5)
     config = _config(2, critic_init="reward", kl_estimator="full", adaptive_kl=True, kl_target=0.01, kl_horizon=100.0,
                      policy_lora=LoraConfig(rank=2, alpha=4.0))
+    # the critic starts as the reward model: same adapter, head folded with the normalisation
+    critic = critic_from_reward(rm)
+    np.testing.assert_array_equal(np.asarray(critic["model"].tree["layers_0"]["attn"]["q_proj"]["b"]),
+                                  np.asarray(rm_lora["layers_0"]["attn"]["q_proj"]["b"]))
+    assert critic["model"].config == rl
+    np.testing.assert_allclose(np.asarray(critic["head"]["bias"]), 2.0 * 0.0 + 0.5)
+    np.testing.assert_allclose(np.asarray(critic["head"]["kernel"]), 2.0 * np.asarray(rm.head["kernel"]))
     gc.collect()
     live_before = {id(x) for x in jax.live_arrays()}
-    trainer = PPOTrainer(cfg, base, tok, tiny_prompts(32), reward, config)
-    # the critic starts as the reward model: same adapter, head folded with the normalisation
-    np.testing.assert_array_equal(np.asarray(trainer.state.params["critic"]["lora"]["layers_0"]["attn"]["q_proj"]["b"]),
-                                  np.asarray(rm_lora["layers_0"]["attn"]["q_proj"]["b"]))
-    np.testing.assert_allclose(np.asarray(trainer.state.params["critic"]["head"]["bias"]), 2.0 * 0.0 + 0.5)
-    res = trainer.train()
+    res = train_ppo(cfg, base, tok, tiny_prompts(32), ModelScorer(cfg, rm), config)
     assert res.history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # exact full-vocabulary KL at step 0
     assert res.history[1]["beta"] != res.history[0]["beta"]  # the adaptive controller moved beta
+    assert res.state.params["critic"]["model"].config == rl  # the critic kept the reward adapter's shape
     jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array, base))
 
     gc.collect()
     new = [x for x in jax.live_arrays() if id(x) not in live_before]
     new_bytes = sum(x.nbytes for x in new)
     _, base_bytes = tree_size(base)
-    _, state_bytes = tree_size(trainer.state)
-    _, reward_bytes = tree_size(rm.params)
-    _, opt_bytes = tree_size(trainer.state.opt_state)
-    # Everything PPO created: adapters, heads, their optimizer state, prompts, rng, scalars.
-    # No second base: the new arrays are far below one base's bytes, and the whole run holds
-    # base + adapters + heads + optimizer state (and a few KB of prompts and scalars).
+    _, state_bytes = tree_size(res.state)
+    _, opt_bytes = tree_size(res.state.opt_state)
+    # Everything PPO created and still holds: adapters, heads, their optimizer state, scalars.
+    # No second base: the new arrays are far below one base's bytes, and the run holds
+    # base + reward model + state only (and a few KB of prompts and scalars).
     assert new_bytes < 0.5 * base_bytes
-    held = base_bytes + reward_bytes + new_bytes
-    assert held <= base_bytes + reward_bytes + state_bytes + 64 * 1024
+    assert new_bytes <= state_bytes + 64 * 1024
     assert opt_bytes > 0 and state_bytes < 0.5 * base_bytes

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from rlhf_jax.feedback import BatchConfig, encode_sequences
-from rlhf_jax.train import (OptimConfig, RewardConfig, RunConfig, load_reward_model, normalize_reward_model,
-                            raw_scores, save_reward_model, train_reward_model)
+from rlhf_jax.lora import Adapter
+from rlhf_jax.scoring import (load_reward_model, normalize_on_samples, normalize_reward_model, raw_scores,
+                              reward_scores, save_reward_model)
+from rlhf_jax.train import OptimConfig, RewardConfig, RunConfig, train_reward_model
 from tests.trainer_fixtures import tiny_base, tiny_config, tiny_tokenizer
 
 
@@ -48,14 +50,21 @@ def test_normalisation_gives_mean0_std1_and_round_trips(trained, tmp_path):
     batch, _ = encode_sequences(tok, [f"w{i % 7}" for i in range(20)], [f"w{i % 16} w{(3 * i) % 16}" for i in range(20)],
                                 config=BatchConfig(max_length=8))
     ids, mask = jnp.asarray(batch.input_ids), jnp.asarray(batch.attention_mask)
-    raw = np.asarray(raw_scores(cfg, res.reward_model.lora, base, res.reward_model.params, ids, mask))
+    raw = np.asarray(raw_scores(cfg, res.reward_model, base, ids, mask))
     rm = normalize_reward_model(res.reward_model, raw)
-    scores = np.asarray(rm.scores(cfg, base, ids, mask))
+    scores = np.asarray(reward_scores(cfg, rm, base, ids, mask))
     np.testing.assert_allclose([scores.mean(), scores.std()], [0.0, 1.0], atol=1e-5)
+    # the one recipe the CLI and the demo use gives the same normalisation from texts
+    texts_p = [f"w{i % 7}" for i in range(20)]
+    texts_c = [f"w{i % 16} w{(3 * i) % 16}" for i in range(20)]
+    rm2, raw2 = normalize_on_samples(cfg, res.reward_model, base, tok, texts_p, texts_c, max_length=8, batch_size=8)
+    np.testing.assert_allclose(raw2, raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([rm2.gain, rm2.bias], [rm.gain, rm.bias], rtol=1e-4)
     save_reward_model(str(tmp_path / "rm"), rm)
     back = load_reward_model(str(tmp_path / "rm"))
-    assert back.gain == rm.gain and back.bias == rm.bias and back.lora == rm.lora
-    np.testing.assert_allclose(np.asarray(back.scores(cfg, base, ids, mask)), scores, rtol=1e-6, atol=1e-6)
+    assert back.gain == rm.gain and back.bias == rm.bias and back.model.config == rm.model.config
+    assert isinstance(back.model, Adapter)
+    np.testing.assert_allclose(np.asarray(reward_scores(cfg, back, base, ids, mask)), scores, rtol=1e-6, atol=1e-6)
 
 
 def test_kway_ranking_training_orders_completions():
@@ -73,4 +82,22 @@ def test_full_finetuning_reward_model():
     res = train_reward_model(cfg, tiny_base(cfg), tok, _pairs(32), RewardConfig(
         lora=None, batch_size=8, max_length=8, optim=OptimConfig(learning_rate=3e-3),
         run=RunConfig(max_steps=8, progress=False)))
-    assert "params" in res.reward_model.params and res.history[-1]["loss"] < res.history[0]["loss"]
+    assert not isinstance(res.reward_model.model, Adapter)  # a full tree of its own
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_use_margin_subtracts_each_pairs_margin():
+    """``use_margin``: with chosen == rejected the scores are equal (d = 0 exactly), so the first
+    step's loss is -log sigmoid(0 - m): log 2 = 0.6931 without the margin and
+    log(1 + e^3) = 3.0486 with m = 3 on every pair."""
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    base = tiny_base(cfg)
+    # two spaces: a different string (the data layer refuses identical pairs), the same tokens
+    pairs = [{"prompt": f"w{i % 7}", "chosen": f"w{8 + i % 5} w15", "rejected": f"w{8 + i % 5}  w15", "margin": 3.0}
+             for i in range(32)]
+    run = lambda use: train_reward_model(cfg, base, tok, pairs, RewardConfig(
+        use_margin=use, batch_size=32, max_length=8, eval_fraction=0.0, run=RunConfig(max_steps=1, progress=False)))
+    plain, margin = run(False).history[0], run(True).history[0]
+    assert plain["margin"] == 0.0 and margin["margin"] == 0.0
+    np.testing.assert_allclose(plain["loss"], np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(margin["loss"], np.log1p(np.exp(3.0)), rtol=1e-6)

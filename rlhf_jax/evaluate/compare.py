@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rlhf_jax.evaluate.report import CORPUS_METRICS, EvaluationReport
+from rlhf_jax.evaluate.report import EvaluationReport, is_corpus_metric
 from rlhf_jax.evaluate.stats import Interval, jackknife_interval, mean_interval
 
 
@@ -22,7 +22,9 @@ class Difference(NamedTuple):
     diff: Interval
     """``after - before`` with its paired confidence interval."""
     ratio: float
-    """``after / before`` (NaN when ``before`` is 0), e.g. toxicity after <= 0.5 * before."""
+    """``after / before``, e.g. toxicity after <= 0.5 * before; NaN when ``before`` is 0 or the
+    metric can be negative (a normalised reward, a gold score: see
+    :meth:`EvaluationReport.nonnegative`), where a ratio means nothing."""
 
     @property
     def significant(self) -> bool:
@@ -30,33 +32,39 @@ class Difference(NamedTuple):
         return bool(self.diff.low > 0 or self.diff.high < 0)
 
 
-def compare(report: EvaluationReport, before: str = "sft", after: str = "ppo") -> dict[str, Difference]:
-    """Per-metric differences ``after - before`` with confidence intervals.
+def compare(report: EvaluationReport, before: str = "sft", after: str = "ppo", *,
+            group: str | None = None) -> dict[str, Difference]:
+    """Per-metric differences ``after - before`` with confidence intervals, over every prompt or
+    over the prompts of ``group``.
 
     Both models answered the same prompts, so the interval is *paired by prompt*: for a
     per-sample metric it is the interval (the report's method: normal or bootstrap) of the
     per-prompt differences ``d_p = mean_s x_after[p, s] - mean_s x_before[p, s]``; for distinct-n
-    the jackknife leaves the same prompt out of both models. Pairing removes the
-    prompt-to-prompt variance that the two models share, so this interval is usually narrower
-    than the two separate ones suggest.
+    and the collapse diagnostics the jackknife leaves the same prompt out of both models. Pairing
+    removes the prompt-to-prompt variance that the two models share, so this interval is usually
+    narrower than the two separate ones suggest. ``ratio`` is given only for metrics that cannot
+    be negative (:meth:`EvaluationReport.nonnegative`).
 
     Returns:
       ``{metric: Difference}`` in the report's metric order.
     """
     report._check(before)
     report._check(after)
+    idx = report.group_indices(group)
     s = report.settings
     kw = dict(confidence=s.get("confidence", 0.95), samples=s.get("bootstrap_samples", 1000), seed=s.get("seed", 0))
     out = {}
     for k in report.metrics:
-        b, a = report.summary[before][k].mean, report.summary[after][k].mean
-        if k in CORPUS_METRICS:
-            nb, na = report.ngram_counts(before, CORPUS_METRICS[k]), report.ngram_counts(after, CORPUS_METRICS[k])
-            diff = jackknife_interval(a - b, na.leave_one_out() - nb.leave_one_out(), confidence=kw["confidence"])
+        if is_corpus_metric(k):
+            b, lb = report.corpus_statistic(before, k, idx)
+            a, la = report.corpus_statistic(after, k, idx)
+            diff = jackknife_interval(a - b, la - lb, confidence=kw["confidence"])
         else:
-            d = report.values[after][k].mean(axis=1) - report.values[before][k].mean(axis=1)
-            diff = mean_interval(d, method=s.get("ci", "normal"), **kw)
-        out[k] = Difference(k, b, a, diff, a / b if b != 0 else math.nan)
+            xb, xa = report.values[before][k][idx], report.values[after][k][idx]
+            b, a = float(xb.mean()), float(xa.mean())
+            diff = mean_interval(xa.mean(axis=1) - xb.mean(axis=1), method=s.get("ci", "normal"), **kw)
+        ratio = a / b if b != 0 and report.nonnegative(k) else math.nan
+        out[k] = Difference(k, float(b), float(a), diff, ratio)
     return out
 
 

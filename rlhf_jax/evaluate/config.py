@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rlhf_jax.evaluate.stats import CI_METHODS, z_value
-from rlhf_jax.lora import LoraConfig
+from rlhf_jax.lora import outer_params
 from rlhf_jax.model import ModelConfig
 from rlhf_jax.rollout import SamplingConfig
 
 
 class ModelSpec(NamedTuple):
-    """One model to evaluate: a name, its config and variables (and the adapter's config).
+    """One model to evaluate: a name, its config, the base, and what sits on it.
 
-    ``ModelSpec("sft", config, {"params": base})`` is the base model;
-    ``ModelSpec("ppo", config, {"params": base, "lora": adapter}, lora=lora_config)`` the base
-    with an adapter on.
+    ``ModelSpec("sft", config, base)`` is the base model; ``ModelSpec("ppo", config, base,
+    adapter)`` the base with an :class:`rlhf_jax.lora.Adapter` on (``state.params["policy"]`` of a
+    PPO run); ``ModelSpec("full", config, None, params)`` a fully fine-tuned model.
     """
 
     name: str
     """Row label in the report (unique among the evaluated models)."""
     config: ModelConfig
     """The model's config; its ``vocab_size`` must cover the tokenizer."""
-    variables: dict
-    """``{"params": base}`` or ``{"params": base, "lora": adapter}``."""
-    lora: LoraConfig | None = None
-    """The adapter's config; required exactly when ``variables`` has a ``"lora"`` entry."""
+    base: Any
+    """The base parameter tree (``None`` when ``trainable`` is a full tree of its own)."""
+    trainable: Any = None
+    """An :class:`rlhf_jax.lora.Adapter` over ``base``, a full parameter tree, or ``None`` (the
+    base alone); see :func:`rlhf_jax.lora.model_variables`."""
+
+    @property
+    def params(self):
+        """The parameter tree that holds the embedding and the LM head."""
+        return outer_params(self.base, self.trainable)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

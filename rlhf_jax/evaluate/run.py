@@ -14,70 +14,51 @@ import time
 from typing import Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.evaluate.config import EvalConfig, ModelSpec
+from rlhf_jax.evaluate.diversity import (COLLAPSE_DESCRIPTIONS, COLLAPSE_METRICS, check_probabilities,
+                                         collapse_metrics, resolve_groups)
 from rlhf_jax.evaluate.report import CORPUS_METRICS, EvaluationReport
-from rlhf_jax.losses import kl_penalty, masked_sum, token_logprobs
-from rlhf_jax.lora import LoraConfig
+from rlhf_jax.losses import kl_penalty, masked_sum
+from rlhf_jax.lora import LoraConfig, lora_config_of, model_variables
 from rlhf_jax.model import ModelConfig, Transformer
-from rlhf_jax.rollout import Sampler, SamplingConfig, left_pad
-from rlhf_jax.train.reward_fn import ModelReward, TextReward
+from rlhf_jax.rollout import SamplingConfig, cached_sampler, encode_prompts, response_logprobs
+from rlhf_jax.scoring import Completions, RewardModel, Scorer, as_scorer
 
-Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+TextFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 """``(prompts, completions) -> one float per completion``."""
 
-BUILTIN_METRICS = ("reward", "toxicity", "kl", "length", *CORPUS_METRICS)
+BUILTIN_METRICS = ("reward", "toxicity", "on_topic", "kl", "length", *CORPUS_METRICS, *COLLAPSE_METRICS)
 
 
 @functools.lru_cache(maxsize=32)
-def _sampler(config: ModelConfig, lora: LoraConfig | None, sampling: SamplingConfig) -> Sampler:
-    # Cached so that evaluating again (e.g. every N training steps) reuses the compiled programs.
-    return Sampler(Transformer(config, lora=lora), sampling)
+def _kl_fn(config: ModelConfig, ref_config: ModelConfig, temperature: float):
+    """Jitted ``(trainable, base, ref_trainable, ref_base, tokens, mask, response_mask) -> [B]``:
+    summed k1 KL of the response between the model and the reference."""
 
-
-@functools.lru_cache(maxsize=32)
-def _kl_fn(config: ModelConfig, lora: LoraConfig | None, ref_config: ModelConfig, temperature: float):
-    """Jitted ``(variables, ref_variables, tokens, mask, response_mask) -> [B]`` summed k1 KL."""
-    model, ref = Transformer(config, lora=lora), Transformer(ref_config)
-
-    def kl(variables, ref_variables, tokens, mask, response_mask):
+    def kl(trainable, base, ref_trainable, ref_base, tokens, mask, response_mask):
         n = response_mask.shape[1]
-        p = tokens.shape[1] - n
-        response = tokens[:, p:]
-        # Logits at positions P-1 .. P+N-2 score the N response tokens.
-        logits = model.apply(variables, tokens, attention_mask=mask).logits[:, p - 1:p - 1 + n]
-        ref_logits = ref.apply(ref_variables, tokens, attention_mask=mask).logits[:, p - 1:p - 1 + n]
-        logp = token_logprobs(logits, response, temperature=temperature)
-        ref_logp = token_logprobs(ref_logits, response, temperature=temperature)
+        logp = response_logprobs(config, trainable, base, tokens, mask, n, temperature=temperature)
+        ref_logp = response_logprobs(ref_config, ref_trainable, ref_base, tokens, mask, n, temperature=temperature)
         return masked_sum(kl_penalty(logp, ref_logp, estimator="k1"), response_mask, axis=-1)
 
     return jax.jit(kl)
 
 
-def _reward_fn(reward: ModelReward):
-    # Not cached: a ModelReward holds arrays and is not hashable. Its arrays are arguments.
-    return jax.jit(lambda arrays, base, tokens, mask: reward.score(arrays, base, tokens, mask))
-
-
 def _check_spec(spec: ModelSpec, tokenizer, role: str) -> None:
     if not isinstance(spec, ModelSpec):
-        raise TypeError(f"{role}: expected a ModelSpec(name, config, variables, lora), got {type(spec).__name__}")
-    v = spec.variables
-    if not isinstance(v, Mapping) or "params" not in v:
-        raise ValueError(f"{role} {spec.name!r}: variables must be {{'params': base}} or "
-                         f"{{'params': base, 'lora': adapter}}, got keys {list(v) if isinstance(v, Mapping) else v}")
-    if ("lora" in v) != (spec.lora is not None):
-        raise ValueError(f"{role} {spec.name!r}: " + (
-            "variables hold a 'lora' adapter but ModelSpec.lora (its LoraConfig) is None" if "lora" in v else
-            "ModelSpec.lora is set but the variables hold no 'lora' adapter"))
+        raise TypeError(f"{role}: expected a ModelSpec(name, config, base, trainable), got {type(spec).__name__}")
+    try:
+        model_variables(spec.base, spec.trainable)
+    except ValueError as e:
+        raise ValueError(f"{role} {spec.name!r}: {e}") from None
     n_tok = len(tokenizer)
     if n_tok > spec.config.vocab_size:
         raise ValueError(f"{role} {spec.name!r} has vocab_size {spec.config.vocab_size} but the tokenizer has "
                          f"{n_tok} tokens: the model and the tokenizer do not belong together")
     try:
-        rows = int(np.shape(v["params"]["embed"]["embedding"])[0])
+        rows = int(np.shape(spec.params["embed"]["embedding"])[0])
     except (KeyError, TypeError, IndexError):
         rows = None
     if rows is not None and rows != spec.config.vocab_size:
@@ -112,19 +93,20 @@ def _scores(name: str, values, n: int) -> np.ndarray:
 
 
 def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, prompts: Sequence[str],
-             config: EvalConfig, reward: ModelReward | TextReward | Scorer | None = None,
+             config: EvalConfig, reward: Scorer | RewardModel | TextFn | None = None,
              toxicity: Callable[[Sequence[str]], Sequence[float]] | None = None,
-             scorers: Mapping[str, Scorer] | None = None) -> EvaluationReport:
+             scorers: Mapping[str, TextFn] | None = None, on_topic: TextFn | None = None,
+             groups: Callable[[str], str] | Sequence[str] | None = None) -> EvaluationReport:
     """Evaluate ``models`` on the same ``prompts`` and return an :class:`EvaluationReport`.
 
     Every model samples ``S = config.samples_per_prompt`` completions per prompt (row ``p * S + s``
     is sample ``s`` of prompt ``p``; all prompts left padded to one length, fixed-size batches, so
     one compilation per model structure). Per sample:
 
-    - ``reward``: a :class:`ModelReward` scores prompt + completion tokens in-graph (a reward
-      model sharing the base, ``base=None``, uses the reference's base, as in PPO); a
-      :class:`TextReward` or any ``(prompts, completions) -> scores`` callable gets the texts
-      decoded without special tokens.
+    - ``reward``: a :class:`rlhf_jax.scoring.Scorer`, a :class:`rlhf_jax.scoring.RewardModel`
+      (scored on prompt + completion tokens; an adapter reward model sits on the reference's
+      base, as in PPO) or any ``(prompts, completions) -> scores`` function (texts decoded
+      without special tokens).
     - ``toxicity``: ``toxicity(completions) -> P(toxic)`` (the completion alone, as the seeds'
       classifier), the seeds' measure "mean probability of the toxic class".
     - each of ``scorers``: ``fn(prompts, completions) -> floats``.
@@ -133,18 +115,29 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
       the model and the reference at the sampling temperature.
     - ``length``: generated tokens, the EOS token included.
 
+    - ``on_topic``: ``on_topic(prompts, completions) -> 0/1 or a probability`` per completion,
+      whether it answers its prompt's topic (e.g. :func:`rlhf_jax.toyworld.on_topic_scores`).
+
     and per model ``distinct_1`` / ``distinct_2``: unique / total word n-grams over all its
-    completions (Li et al. 2016). Texts given to ``toxicity`` and ``scorers`` keep special tokens
-    when ``config.keep_special_tokens`` (default), so a finished completion ends with the EOS text.
+    completions (Li et al. 2016), and the collapse diagnostics of
+    :mod:`rlhf_jax.evaluate.diversity` (unique-completion ratio, share of completions identical
+    to one for another prompt, entropy of the completion strings in bits, share of prompts whose
+    samples are all identical when ``S >= 2``, number of distinct outputs under greedy
+    decoding). Texts given to ``toxicity``, ``scorers`` and ``on_topic`` keep special tokens when
+    ``config.keep_special_tokens`` (default), so a finished completion ends with the EOS text.
+    With ``groups``, every statistic is also given per group of prompts
+    (``report.by_group``, a table per group in the Markdown, a cluster per group in the plot).
 
     Args:
-      models: the models to compare, e.g. ``[ModelSpec("sft", cfg, {"params": base}),
-        ModelSpec("ppo", cfg, {"params": base, "lora": adapter}, lora=lora_cfg)]``.
+      models: the models to compare, e.g. ``[ModelSpec("sft", cfg, base),
+        ModelSpec("ppo", cfg, base, adapter)]``.
       reference: the model the KL is measured against (usually the SFT base, no adapter).
       tokenizer: a ``transformers`` tokenizer shared by every model.
       prompts: held-out prompt texts.
       config: an :class:`EvalConfig`.
-      reward, toxicity, scorers: see above; each is optional.
+      reward, toxicity, scorers, on_topic: see above; each is optional.
+      groups: a function ``prompt -> group label`` or one label per prompt (e.g. the toy world's
+        topic family: ``lambda t: rlhf_jax.toyworld.prompt_family(t)``); optional.
     Returns:
       an :class:`EvaluationReport`.
     """
@@ -155,6 +148,7 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         raise ValueError("evaluate: no prompts")
     if not models:
         raise ValueError("evaluate: no models to evaluate")
+    group_labels = resolve_groups(groups, prompts)
     names = [m.name if isinstance(m, ModelSpec) else None for m in models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -165,8 +159,7 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
     clash = sorted(set(scorers) & set(BUILTIN_METRICS))
     if clash:
         raise ValueError(f"evaluate: scorer names {clash} clash with built-in metrics {BUILTIN_METRICS}")
-    if reward is not None and not (isinstance(reward, ModelReward) or callable(reward)):
-        raise TypeError(f"evaluate: reward must be a ModelReward, a TextReward or a callable, got {type(reward)}")
+    scorer = None if reward is None else as_scorer(reward, reference.config)
 
     # ---- prompts: tokenise once, left pad to one bucket length
     n_new = config.sampling.max_new_tokens
@@ -176,12 +169,6 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         if limit < 1:
             raise ValueError(f"evaluate: max_new_tokens={n_new} leaves no room for a prompt within the models' "
                              "max_position_embeddings")
-    ids = tokenizer(prompts)["input_ids"]
-    empty = [i for i, x in enumerate(ids) if not x]
-    if empty:
-        raise ValueError(f"evaluate: prompts {empty[:10]} tokenise to nothing")
-    truncated = sum(len(x) > limit for x in ids)
-    ids = [x[-limit:] for x in ids]
     s = config.samples_per_prompt
     n_rows = len(prompts) * s
     rows = np.repeat(np.arange(len(prompts)), s)
@@ -194,16 +181,18 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
     completions: dict[str, list[list[str]]] = {}
     timings: dict[str, float] = {}
     prompt_length = None
-    reward_fn = _reward_fn(reward) if isinstance(reward, ModelReward) else None
+    truncated = 0
     for spec in models:
         t0 = time.perf_counter()
         sampling = _resolve_sampling(config.sampling, spec.config, tokenizer)
-        sampler = _sampler(spec.config, spec.lora, sampling)
+        sampler = cached_sampler(spec.config, lora_config_of(spec.trainable), sampling)
         pad_id = sampling.resolve(spec.config)[1]
-        batch = left_pad(ids, pad_id=pad_id, bucket=config.prompt_bucket, max_length=limit)
+        batch, truncated = encode_prompts(tokenizer, prompts, limit=limit, pad_id=pad_id,
+                                          bucket=config.prompt_bucket, who="evaluate")
         prompt_length = batch.tokens.shape[1]
-        kl_fn = _kl_fn(spec.config, spec.lora, reference.config, float(sampling.temperature))
-        resp, rmask, lengths, kls, in_graph = [], [], [], [], []
+        kl_fn = _kl_fn(spec.config, reference.config, float(sampling.temperature))
+        variables = model_variables(spec.base, spec.trainable)
+        resp, rmask, lengths, kls, rewards = [], [], [], [], []
         starts = range(0, n_rows, bs)
         if config.progress:
             from tqdm.auto import tqdm
@@ -212,12 +201,15 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         for i, start in enumerate(starts):
             take = rows[start:start + bs]
             padded = np.concatenate([take, np.full(bs - len(take), take[-1])])
-            ro = sampler(spec.variables, batch.tokens[padded], batch.mask[padded], jax.random.fold_in(key, i))
-            k = kl_fn(spec.variables, reference.variables, ro.tokens, ro.attention_mask, ro.response_mask)
-            if reward_fn is not None:
-                in_graph.append(np.asarray(reward_fn(reward.arrays(), reference.variables["params"], ro.tokens,
-                                                     ro.attention_mask))[:len(take)])
+            ro = sampler(variables, batch.tokens[padded], batch.mask[padded], jax.random.fold_in(key, i))
+            k = kl_fn(spec.trainable, spec.base, reference.trainable, reference.base, ro.tokens, ro.attention_mask,
+                      ro.response_mask)
             keep = slice(0, len(take))
+            if scorer is not None:
+                texts = [tokenizer.decode(r[m > 0].tolist(), skip_special_tokens=True)
+                         for r, m in zip(np.asarray(ro.response_tokens), np.asarray(ro.response_mask))]
+                done = Completions([prompts[j] for j in padded], texts, ro.tokens, ro.attention_mask)
+                rewards.append(scorer(done, reference.base)[keep])
             resp.append(np.asarray(ro.response_tokens)[keep])
             rmask.append(np.asarray(ro.response_mask)[keep])
             lengths.append(np.asarray(ro.lengths)[keep])
@@ -228,15 +220,15 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
             tokenizer.decode(r[m > 0].tolist(), skip_special_tokens=False) for r, m in zip(resp, rmask)]
 
         per: dict[str, np.ndarray] = {}
-        if isinstance(reward, ModelReward):
-            per["reward"] = _scores("reward", np.concatenate(in_graph), n_rows)
-        elif reward is not None:
-            fn = reward.fn if isinstance(reward, TextReward) else reward
-            per["reward"] = _scores("reward", fn(list(row_prompts), list(plain)), n_rows)
+        if scorer is not None:
+            per["reward"] = _scores("reward", np.concatenate(rewards), n_rows)
         if toxicity is not None:
             per["toxicity"] = _scores("toxicity", toxicity(list(shown)), n_rows)
         for name, fn in scorers.items():
             per[name] = _scores(name, fn(list(row_prompts), list(shown)), n_rows)
+        if on_topic is not None:
+            per["on_topic"] = check_probabilities("on_topic", _scores("on_topic", on_topic(list(row_prompts),
+                                                                                          list(shown)), n_rows))
         per["kl"] = np.concatenate(kls).astype(np.float64)
         per["length"] = np.concatenate(lengths).astype(np.float64)
         values[spec.name] = {k: v.reshape(len(prompts), s) for k, v in per.items()}
@@ -246,7 +238,8 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
             print(f"evaluate {spec.name}: {n_rows} completions scored in {timings[spec.name]:.1f}s", file=sys.stderr)
 
     first = values[models[0].name]
-    metrics = list(first) + list(CORPUS_METRICS)
+    metrics = list(first) + list(CORPUS_METRICS) + collapse_metrics(samples_per_prompt=s,
+                                                                    greedy=config.sampling.greedy)
     descriptions = {
         "reward": f"mean reward score ({_describe(reward)})",
         "toxicity": f"mean probability of the toxic class ({_describe(toxicity)})",
@@ -256,6 +249,8 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         "distinct_1": "unique / total words over all completions of the model",
         "distinct_2": "unique / total word bigrams over all completions of the model",
         **{name: f"mean of scorer {name!r} ({_describe(fn)})" for name, fn in scorers.items()},
+        "on_topic": f"share of completions on their prompt's topic ({_describe(on_topic)})",
+        **COLLAPSE_DESCRIPTIONS,
     }
     settings = {
         "n_prompts": len(prompts), "samples_per_prompt": s, "seed": config.seed, "batch_size": bs,
@@ -264,19 +259,20 @@ def evaluate(models: Sequence[ModelSpec], *, reference: ModelSpec, tokenizer, pr
         "kl_estimator": "k1, summed over response tokens", "ci": config.ci, "confidence": config.confidence,
         "bootstrap_samples": config.bootstrap_samples, "keep_special_tokens": config.keep_special_tokens,
         "special_tokens": special, "num_examples": config.num_examples, "seconds": timings,
+        "groups": None if groups is None else _describe(groups) if callable(groups) else "labels given per prompt",
         "metric_descriptions": {k: descriptions[k] for k in metrics},
     }
     return EvaluationReport(models=[m.name for m in models], metrics=metrics, prompts=prompts, values=values,
-                            completions=completions, settings=settings)
+                            completions=completions, settings=settings, groups=group_labels)
 
 
 def _describe(fn) -> str:
     if fn is None:
         return "none"
-    if isinstance(fn, ModelReward):
-        return "in-graph reward model"
-    if isinstance(fn, TextReward):
-        fn = fn.fn
+    if isinstance(fn, Scorer):
+        return f"{type(fn).__name__} {fn.name!r}"
+    if isinstance(fn, RewardModel):
+        return "reward model"
     owner = getattr(fn, "__self__", None)
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     return f"{type(owner).__name__}.{fn.__name__}" if owner is not None else name

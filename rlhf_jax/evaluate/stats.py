@@ -131,6 +131,11 @@ class NgramCounts(NamedTuple):
         total = int(self.totals.sum())
         return self.members.shape[1] / total if total else 0.0
 
+    def subset(self, prompts: np.ndarray) -> "NgramCounts":
+        """The counts of ``prompts`` (indices) alone: n-grams none of them has are dropped."""
+        members = self.members[np.asarray(prompts, np.int64)]
+        return NgramCounts(self.totals[np.asarray(prompts, np.int64)], members[:, members.any(axis=0)])
+
     def leave_one_out(self) -> np.ndarray:
         """``[P]``: distinct-n with prompt ``p``'s completions removed (for the jackknife).
 

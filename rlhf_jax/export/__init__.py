@@ -9,7 +9,9 @@ from typing import Any
 from rlhf_jax.export._common import ExportError
 from rlhf_jax.export.hf import (SCORE_BIAS_KEY, hf_config_dict, hf_model_type, hf_tensors, save_hf_folder,
                                 save_hf_reward_model)
+from rlhf_jax.export.generation import generation_config_dict
 from rlhf_jax.export.peft_format import load_peft_adapter, peft_config_dict, save_peft_adapter
+from rlhf_jax.export.peft_reward import REWARD_HEAD, save_peft_reward_adapter
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model.config import ModelConfig
 
@@ -46,7 +48,7 @@ def export_from_checkpoint(model_config: ModelConfig, base: Any, adapter: Any, l
 
 
 __all__ = [
-    "ExportError", "FORMATS", "SCORE_BIAS_KEY", "export_from_checkpoint", "hf_config_dict", "hf_model_type",
-    "hf_tensors", "load_peft_adapter", "peft_config_dict", "save_hf_folder", "save_hf_reward_model",
-    "save_peft_adapter",
+    "ExportError", "FORMATS", "REWARD_HEAD", "SCORE_BIAS_KEY", "export_from_checkpoint", "generation_config_dict",
+    "hf_config_dict", "hf_model_type", "hf_tensors", "load_peft_adapter", "peft_config_dict", "save_hf_folder",
+    "save_hf_reward_model", "save_peft_adapter", "save_peft_reward_adapter",
 ]

@@ -82,8 +82,14 @@ def to_numpy(x: Any, *, transpose: bool = False, dtype: Any = None) -> np.ndarra
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], filename: str) -> None:
-    """Save with ``{"format": "pt"}`` metadata, which ``transformers`` and ``peft`` expect."""
+    """Save with ``{"format": "pt"}`` metadata, which ``transformers`` and ``peft`` expect.
+    Refuses (nothing written) when a tensor holds a NaN or an infinity, naming it."""
     from safetensors.numpy import save_file
+
+    for name, a in tensors.items():
+        if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
+            if not np.all(np.isfinite(a.astype(np.float32))):
+                raise ExportError(f"tensor {name} holds non-finite values (NaN or inf); refusing to write {filename}")
 
     save_file(tensors, filename, metadata={"format": "pt"})
 

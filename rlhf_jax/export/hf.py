@@ -16,7 +16,7 @@ import numpy as np
 
 from rlhf_jax.export._common import (ExportError, check_params, ensure_dir, name_table, to_numpy,
                                      write_json, write_safetensors)
-from rlhf_jax.lora import LoraConfig, merge_lora
+from rlhf_jax.lora import LoraConfig, lora_config_of, merge_lora, outer_params
 from rlhf_jax.model.config import ModelConfig
 
 MODEL_TYPES = ("llama", "qwen2", "gpt2")
@@ -206,18 +206,13 @@ def save_hf_reward_model(path: str, config: ModelConfig, base: Any, reward_model
     tokens must never equal the pad id. The pad id is ``config.pad_token_id``, else the tokenizer's.
 
     Args:
-      base: the shared base tree (ignored for a fully fine-tuned reward model, whose
-        ``params["params"]`` is used).
-      reward_model: a ``RewardModel`` (``params = {"lora": ..., "head": ...}`` or
-        ``{"params": ..., "head": ...}``, ``gain``, ``bias``, ``lora``).
+      base: the shared base tree (ignored when the reward model holds a full tree of its own).
+      reward_model: a :class:`rlhf_jax.scoring.RewardModel` (``model``: an adapter over ``base``,
+        a full tree or ``None``; ``head``, ``gain``, ``bias``).
     """
     rm = reward_model
-    if "lora" in rm.params:
-        weights = _merged(config, base, rm.params["lora"], rm.lora)
-    elif "params" in rm.params:
-        weights = rm.params["params"]
-    else:
-        raise ExportError(f"reward model params have neither 'lora' nor 'params': {sorted(rm.params)}")
+    lc = lora_config_of(rm.model)
+    weights = _merged(config, base, rm.model.tree, lc) if lc is not None else outer_params(base, rm.model)
     pad = config.pad_token_id
     if pad is None and tokenizer is not None:
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -229,7 +224,7 @@ def save_hf_reward_model(path: str, config: ModelConfig, base: Any, reward_model
         warnings.warn(f"pad_token_id {pad} is also an EOS id: Hugging Face will score the token before a "
                       "final EOS, while rlhf_jax scores the last token of the attention mask", stacklevel=2)
     config = config.replace(pad_token_id=pad)
-    head = rm.params["head"]
+    head = rm.head
     tensors = {k: v for k, v in hf_tensors(config, weights).items() if k != "lm_head.weight"}
     dtype = tensors["model.embed_tokens.weight" if config.arch != "gpt2" else "transformer.wte.weight"].dtype
     kernel = float(rm.gain) * np.asarray(head["kernel"], np.float64)

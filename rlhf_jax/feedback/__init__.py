@@ -36,12 +36,21 @@ from rlhf_jax.feedback.pairs import (
     feedback_to_pairs,
     ranking_to_pairs,
 )
-from rlhf_jax.feedback.records import BinaryFeedback, Label, PairRecord, RankedFeedback
+from rlhf_jax.feedback.records import (
+    BinaryFeedback,
+    Label,
+    Message,
+    PairRecord,
+    Prompt,
+    RankedFeedback,
+)
 from rlhf_jax.feedback.stats import RankedStats, binary_stats, pairwise_stats, ranked_stats
 from rlhf_jax.feedback.storage import (
     BINARY_FEATURES,
+    MESSAGES_FEATURE,
     PAIR_FEATURES,
     RANKED_FEATURES,
+    features_for,
     load_pairs,
     read_binary,
     read_feedback,
@@ -57,6 +66,7 @@ from rlhf_jax.feedback.validate import (
     parse_binary,
     parse_pairwise,
     parse_ranked,
+    split_common_messages,
     split_common_prefix,
 )
 
@@ -72,10 +82,13 @@ __all__ = [
     "LABELER_INSTRUCTIONS_ID",
     "Label",
     "LabelerAgreement",
+    "MESSAGES_FEATURE",
+    "Message",
     "PAIR_FEATURES",
     "PairBatch",
     "PairRecord",
     "PairsReport",
+    "Prompt",
     "PromptConsensus",
     "RANKED_FEATURES",
     "RankedFeedback",
@@ -94,6 +107,7 @@ __all__ = [
     "encode_pairs",
     "encode_rankings",
     "encode_sequences",
+    "features_for",
     "feedback_to_pairs",
     "fractional_ranks",
     "labeler_instructions",
@@ -112,6 +126,7 @@ __all__ = [
     "records_from_dataset",
     "records_to_dataset",
     "save_pairs",
+    "split_common_messages",
     "split_common_prefix",
     "write_jsonl",
 ]

@@ -19,6 +19,8 @@ Policies (all counted in a `BatchReport`, with the indices of the kept items):
   is skipped (whatever ``overflow`` says), never cut: a truncated completion is not the text the
   labelers judged, and the reward is read at its last token.
 * **Empty sequence.** An item whose sequence has no token at all is skipped.
+* **Conversational items.** Prompts or completions that are message lists are a ``ValueError``:
+  they need the model's chat template, which these text encoders do not apply.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, NamedTuple, S
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
+from rlhf_jax.config_checks import at_least, check, one_of
 from rlhf_jax.feedback.records import PairRecord
 
 if TYPE_CHECKING:
@@ -61,12 +64,12 @@ class BatchConfig:
     """When the tokenizer has no pad token, pad with eos instead of raising."""
 
     def __post_init__(self):
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        if self.overflow not in ("truncate_left", "skip"):
-            raise ValueError(f"overflow must be 'truncate_left' or 'skip', got {self.overflow!r}")
+        at_least(self, "max_length", 1, integer=True)
+        one_of(self, "padding_side", ("left", "right"))
+        one_of(self, "overflow", ("truncate_left", "skip"))
+        for name in ("pad_to_max_length", "append_eos", "pad_with_eos"):
+            check(self, name, isinstance(getattr(self, name), bool), "a boolean")
+        check(self, "add_bos", self.add_bos is None or isinstance(self.add_bos, bool), "a boolean or None")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +192,11 @@ class _Encoder:
     def encode(self, prompts: list[str], completions: list[list[str | None]]
                ) -> tuple[list[int], list[list[list[int] | None]]]:
         """Per item, the sequences (None for an absent completion); returns kept indices too."""
+        for i, (p, cs) in enumerate(zip(prompts, completions)):
+            if not isinstance(p, str) or any(c is not None and not isinstance(c, str) for c in cs):
+                raise ValueError(
+                    f"item {i} is conversational (message lists): these encoders take text; render "
+                    "prompt and completions with the tokenizer's chat template first")
         prompt_ids = self._ids(prompts)
         flat = [c for cs in completions for c in cs if c is not None]
         flat_ids = iter(self._ids(flat))

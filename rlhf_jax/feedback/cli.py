@@ -4,8 +4,10 @@ Standalone: ``python -m rlhf_jax.feedback.cli validate data.jsonl``. Inside a la
 `add_feedback_subcommands` registers ``feedback`` with the same three sub-commands; each sets
 ``func`` (call ``args.func(args)``, which returns the exit code).
 
-Exit codes: 0 success; 1 invalid records (``validate``) or a `FeedbackError` in a strict read;
-2 usage errors (argparse).
+Exit codes: 0 success; 1 invalid records (``validate``), a `FeedbackError` in a strict read, a
+file with no record, or a conversion that gives no pair; 2 usage errors: bad arguments
+(argparse), a file that cannot be read, an output path of unknown format. Errors are one line on
+stderr (``invalid: FILE:LINE: field 'F': reason`` or ``error: ...``), never a traceback.
 
 ``validate`` reads leniently and lists every bad record (``--strict`` stops at the first);
 ``stats`` and ``to-pairs`` are strict unless ``--lenient`` (then bad records are skipped and
@@ -26,8 +28,33 @@ from rlhf_jax.feedback.storage import read_feedback, records_to_dataset, save_pa
 from rlhf_jax.feedback.validate import KINDS
 
 
+class _Usage(Exception):
+    """A usage problem (unreadable input, unknown output format): exit status 2."""
+
+
 def _read(args: argparse.Namespace, *, strict: bool):
-    return read_feedback(args.file, kind=args.kind, strict=strict)
+    try:
+        return read_feedback(args.file, kind=args.kind, strict=strict)
+    except OSError as e:
+        raise _Usage(f"{args.file}: cannot read: {e.strerror or e}") from None
+
+
+def _guarded(command):
+    """Run ``command(args)``: a `FeedbackError` prints ``invalid: ...`` and gives 1, a usage
+    problem prints ``error: ...`` and gives 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except FeedbackError as e:
+            print(f"invalid: {e}", file=sys.stderr)
+            return 1
+        except _Usage as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    run.__doc__ = command.__doc__
+    return run
 
 
 def _print_skipped(report: ValidationReport) -> None:
@@ -36,17 +63,17 @@ def _print_skipped(report: ValidationReport) -> None:
 
 
 def _consensus_config(args: argparse.Namespace) -> ConsensusConfig:
-    return ConsensusConfig(method=args.method, min_agreement=args.min_agreement,
-                           leave_one_out=args.leave_one_out)
+    try:
+        return ConsensusConfig(method=args.method, min_agreement=args.min_agreement,
+                               leave_one_out=args.leave_one_out)
+    except ValueError as e:
+        raise _Usage(str(e)) from None
 
 
+@_guarded
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a file; print a summary and every bad record."""
-    try:
-        _, report = _read(args, strict=args.strict)
-    except FeedbackError as e:
-        print(f"invalid: {e}", file=sys.stderr)
-        return 1
+    _, report = _read(args, strict=args.strict)
     print(report.summary())
     if not report.ok:
         print("skipped records by field: " + ", ".join(
@@ -54,13 +81,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@_guarded
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print counts, ties, flags and the labeler agreement table."""
-    try:
-        records, report = _read(args, strict=not args.lenient)
-    except FeedbackError as e:
-        print(f"invalid: {e}", file=sys.stderr)
-        return 1
+    records, report = _read(args, strict=not args.lenient)
     _print_skipped(report)
     print(f"{report.source}: {report.kind} feedback, {report.n_valid} valid records"
           + (f", {report.n_skipped} skipped" if report.n_skipped else ""))
@@ -73,13 +97,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guarded
 def cmd_to_pairs(args: argparse.Namespace) -> int:
     """Convert a feedback file into a pairs dataset (Parquet or JSONL by extension)."""
-    try:
-        records, report = _read(args, strict=not args.lenient)
-    except FeedbackError as e:
-        print(f"invalid: {e}", file=sys.stderr)
-        return 1
+    if not args.out.lower().endswith((".parquet", ".jsonl", ".json")):
+        raise _Usage(f"--out {args.out}: cannot tell the format: use .parquet, .jsonl or .json")
+    records, report = _read(args, strict=not args.lenient)
     _print_skipped(report)
     if report.kind == "ranked":
         ds, pairs_report = feedback_to_pairs(records, config=_consensus_config(args))
@@ -90,6 +113,11 @@ def cmd_to_pairs(args: argparse.Namespace) -> int:
     else:
         ds = records_to_dataset(records)
         summary = f"pairs: {len(ds)}"
+    if len(ds) == 0:
+        print(summary.replace("\n", "; "), file=sys.stderr)
+        print(f"invalid: {args.file}: no preference pair (every pair tied, flagged or without "
+              f"both an up and a down); nothing written to {args.out}", file=sys.stderr)
+        return 1
     save_pairs(ds, args.out)
     print(summary)
     print(f"wrote {len(ds)} pairs to {args.out}")
@@ -99,7 +127,8 @@ def cmd_to_pairs(args: argparse.Namespace) -> int:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="feedback JSONL file")
     p.add_argument("--kind", choices=("auto", *KINDS), default="auto",
-                   help="record kind (default: decided by the first record's keys)")
+                   help="record kind (default auto: each record's kind from its keys; records of "
+                        "a kind other than the file's most common one are errors)")
 
 
 def _add_consensus(p: argparse.ArgumentParser) -> None:

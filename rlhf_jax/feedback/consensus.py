@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from rlhf_jax.feedback.records import Label, RankedFeedback
+from rlhf_jax.config_checks import check, in_range, one_of
+from rlhf_jax.feedback.records import Label, Prompt, RankedFeedback
 
 Method = Literal["borda", "copeland"]
 METHODS = ("borda", "copeland")
@@ -53,10 +54,9 @@ class ConsensusConfig:
     labelers: one's own vote does not pull the consensus toward oneself)."""
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
-            raise ValueError(f"min_agreement must lie in [0, 1], got {self.min_agreement}")
+        one_of(self, "method", METHODS)
+        in_range(self, "min_agreement", 0, 1, optional=True)
+        check(self, "leave_one_out", isinstance(self.leave_one_out, bool), "a boolean")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +66,8 @@ class PromptConsensus:
     prompt_id: str
     """The prompt's id."""
 
-    prompt: str
-    """The prompt text."""
+    prompt: Prompt
+    """The prompt text, or its message list."""
 
     completions: tuple[str, ...]
     """The completions, in storage order."""

@@ -35,6 +35,8 @@ class FeedbackError(ValueError):
         where = self.file if self.file is not None else "<records>"
         if self.line is not None:
             where = f"{where}:{self.line}"
+        if self.field is None and self.line is None:  # the source as a whole, e.g. an empty file
+            return f"{where}: {self.reason}"
         what = f"field '{self.field}'" if self.field is not None else "record"
         return f"{where}: {what}: {self.reason}"
 

@@ -27,12 +27,58 @@ Pairwise records (preferred completion first)::
 
 The second pairwise form has no prompt: the common prefix of chosen and rejected is split off as
 the prompt (see `rlhf_jax.feedback.validate.split_common_prefix`).
+
+Conversational prompts (TRL's conversational format). In every kind, ``prompt`` may instead be a
+list of messages ``{"role": "system" | "user" | "assistant", "content": "..."}`` ending with a
+user message; completions stay strings (the assistant's reply)::
+
+    {"prompt_id": "p1", "prompt": [{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": "My house is too hot."}],
+     "completions": ["Open the windows at night.", "Buy a dog."], ...}
+
+Pairs of such a prompt follow TRL's conversational preference format: ``chosen`` and
+``rejected`` are lists of assistant messages, ``[{"role": "assistant", "content": "..."}]``. A
+pairwise record without ``prompt`` may give chosen and rejected as full conversations; their
+shared leading messages become the prompt. Records hold messages as tuples of `Message`, so
+they stay hashable; `to_dict` writes the list-of-objects form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """One message of a conversational prompt (or an assistant reply in a conversational pair)."""
+
+    role: Role
+    """``"system"``, ``"user"`` or ``"assistant"``."""
+
+    content: str
+    """The message text (non-empty)."""
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON form: ``{"role": ..., "content": ...}``."""
+        return {"role": self.role, "content": self.content}
+
+
+Prompt = str | tuple[Message, ...]
+"""A prompt: plain text, or a conversation of messages (TRL's conversational format)."""
+
+
+def text_or_messages(value: Prompt) -> str | list[dict[str, str]]:
+    """The JSON form of a prompt or completion: the string, or a list of message objects."""
+    return value if isinstance(value, str) else [m.to_dict() for m in value]
+
+
+def is_conversational(value: Prompt) -> bool:
+    """True for a message tuple, False for text."""
+    return not isinstance(value, str)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,11 +108,11 @@ class RankedFeedback:
     prompt_id: str
     """Unique id of the prompt within a file."""
 
-    prompt: str
-    """The prompt text, as given to the model."""
+    prompt: Prompt
+    """The prompt text, as given to the model, or a conversation of messages."""
 
     completions: tuple[str, ...]
-    """The model's completions of the prompt (at least one), in storage order."""
+    """The model's completions of the prompt (at least one, none empty), in storage order."""
 
     criterion: str
     """The criterion the labelers ranked by, e.g. ``"helpfulness"`` or ``"harmlessness"``."""
@@ -79,7 +125,7 @@ class RankedFeedback:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of this record (the exact on-disk shape)."""
-        return {"prompt_id": self.prompt_id, "prompt": self.prompt,
+        return {"prompt_id": self.prompt_id, "prompt": text_or_messages(self.prompt),
                 "completions": list(self.completions), "criterion": self.criterion,
                 "instructions_id": self.instructions_id,
                 "labels": [label.to_dict() for label in self.labels]}
@@ -92,11 +138,11 @@ Thumbs = Literal["up", "down"]
 class BinaryFeedback:
     """One labeler's thumbs up or down on one completion."""
 
-    prompt: str
-    """The prompt text."""
+    prompt: Prompt
+    """The prompt text, or a conversation of messages."""
 
     completion: str
-    """The completion that was judged."""
+    """The completion that was judged (non-empty)."""
 
     labeler: str
     """Labeler id."""
@@ -109,8 +155,9 @@ class BinaryFeedback:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of this record (``prompt_id`` only when set)."""
-        out: dict[str, Any] = {"prompt": self.prompt, "completion": self.completion,
-                               "labeler": self.labeler, "thumbs": self.thumbs}
+        out: dict[str, Any] = {"prompt": text_or_messages(self.prompt),
+                               "completion": self.completion, "labeler": self.labeler,
+                               "thumbs": self.thumbs}
         if self.prompt_id is not None:
             out["prompt_id"] = self.prompt_id
         return out
@@ -120,17 +167,19 @@ class BinaryFeedback:
 class PairRecord:
     """One preference pair, preferred completion first."""
 
-    prompt: str
-    """The prompt (possibly split off as the common prefix of chosen and rejected)."""
+    prompt: Prompt
+    """The prompt (possibly split off as the common prefix of chosen and rejected), or a
+    conversation of messages."""
 
-    chosen: str
-    """The preferred completion (without the prompt)."""
+    chosen: str | tuple[Message, ...]
+    """The preferred completion (without the prompt): text, or assistant messages when the
+    prompt is a conversation."""
 
-    rejected: str
-    """The other completion (without the prompt)."""
+    rejected: str | tuple[Message, ...]
+    """The other completion, in the same form as ``chosen``."""
 
     margin: float | None = None
-    """Optional preference strength (larger = clearer preference); None when unknown."""
+    """Optional preference strength, >= 0 (larger = clearer preference); None when unknown."""
 
     agreement: float | None = None
     """Optional fraction of labelers who preferred ``chosen``; None when unknown."""
@@ -140,5 +189,7 @@ class PairRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The row form of this pair (every column present, None when unknown)."""
-        return {"prompt_id": self.prompt_id, "prompt": self.prompt, "chosen": self.chosen,
-                "rejected": self.rejected, "agreement": self.agreement, "margin": self.margin}
+        return {"prompt_id": self.prompt_id, "prompt": text_or_messages(self.prompt),
+                "chosen": text_or_messages(self.chosen),
+                "rejected": text_or_messages(self.rejected), "agreement": self.agreement,
+                "margin": self.margin}

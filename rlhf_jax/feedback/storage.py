@@ -2,25 +2,27 @@
 
 Reads are strict (raise the first `FeedbackError`) or lenient (skip each bad record and list it
 in the returned `ValidationReport`). Besides the per-record checks of
-`rlhf_jax.feedback.validate`, a read checks across records: a ranked file holds one record per
-``prompt_id``, and a binary file holds at most one vote per (prompt, completion, labeler); the
-later duplicate is the error.
+`rlhf_jax.feedback.validate`, a read checks the file's lines and the records against each other
+(`rlhf_jax.feedback.stream`: repeated JSON keys, nesting, one kind and one prompt form per file,
+duplicates, one prompt per ``prompt_id``, no empty file).
+
+Datasets have fixed features per kind; records whose prompts are message lists get the
+conversational features (`features_for`): ``prompt`` (and a pair's ``chosen`` / ``rejected``)
+become lists of ``{"role", "content"}`` structs, as in TRL's conversational datasets.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import datasets
 import pyarrow.parquet
 
-from rlhf_jax.feedback.errors import FeedbackError, ValidationReport
-from rlhf_jax.feedback.records import BinaryFeedback, PairRecord, RankedFeedback
-from rlhf_jax.feedback.validate import KINDS, PARSERS, detect_kind
-
-Record = RankedFeedback | BinaryFeedback | PairRecord
+from rlhf_jax.feedback.errors import ValidationReport
+from rlhf_jax.feedback.records import BinaryFeedback, PairRecord, RankedFeedback, is_conversational
+from rlhf_jax.feedback.stream import Record, jsonl_objects, validate_stream
 
 RANKED_FEATURES = datasets.Features({
     "prompt_id": datasets.Value("string"),
@@ -47,78 +49,19 @@ PAIR_FEATURES = datasets.Features({
     "margin": datasets.Value("float64"),
 })
 _FEATURES = {"ranked": RANKED_FEATURES, "binary": BINARY_FEATURES, "pairwise": PAIR_FEATURES}
+MESSAGES_FEATURE = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+"""A message list: ``[{"role": ..., "content": ...}, ...]`` (TRL's conversational format)."""
 
 
-def _jsonl_objects(path: str) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object | FeedbackError)`` per non-blank line; blank -> (n, None)."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, FeedbackError(f"not valid UTF-8 ({e.reason} at byte {e.start})",
-                                            file=path, line=lineno)
-                continue
-            if not text.strip():
-                yield lineno, None
-                continue
-            try:
-                yield lineno, json.loads(text)
-            except json.JSONDecodeError as e:
-                yield lineno, FeedbackError(f"invalid JSON: {e.msg} (column {e.colno})",
-                                            file=path, line=lineno)
-
-
-def _validate_stream(items: Iterable[tuple[int, Any]], *, source: str, kind: str,
-                     strict: bool) -> tuple[tuple[Record, ...], ValidationReport]:
-    if kind not in (*KINDS, "auto"):
-        raise ValueError(f"kind must be one of {KINDS} or 'auto', got {kind!r}")
-    records: list[Record] = []
-    errors: list[FeedbackError] = []
-    blank = seen = 0
-    first_line: dict[Any, int] = {}  # cross-record duplicate key -> line first seen
-    for lineno, obj in items:
-        if obj is None:
-            blank += 1
-            continue
-        seen += 1
-        try:
-            if isinstance(obj, FeedbackError):
-                raise obj
-            if kind == "auto":
-                kind = detect_kind(obj) or "auto"
-                if kind == "auto":
-                    raise FeedbackError("cannot tell the record kind (expected 'labels', "
-                                        "'thumbs' or 'chosen'); pass kind explicitly",
-                                        file=source, line=lineno)
-            record = PARSERS[kind](obj, file=source, line=lineno)
-            _check_duplicate(record, first_line, source=source, line=lineno)
-        except FeedbackError as e:
-            if strict:
-                raise
-            errors.append(e)
-            continue
-        records.append(record)
-    report = ValidationReport(source=source, kind=kind, n_records=seen, n_valid=len(records),
-                              blank_lines=blank, errors=tuple(errors))
-    return tuple(records), report
-
-
-def _check_duplicate(record: Record, first_line: dict[Any, int], *, source: str,
-                     line: int) -> None:
-    if isinstance(record, RankedFeedback):
-        key: Any = ("prompt_id", record.prompt_id)
-        field, what = "prompt_id", f"duplicate prompt_id {record.prompt_id!r}"
-    elif isinstance(record, BinaryFeedback):
-        key = (record.prompt_id or record.prompt, record.completion, record.labeler)
-        field, what = "labeler", (f"labeler {record.labeler!r} already judged this completion "
-                                  "of this prompt")
-    else:
-        return
-    if key in first_line:
-        raise FeedbackError(f"{what} (first on line {first_line[key]})",
-                            file=source, line=line, field=field)
-    first_line[key] = line
+def features_for(kind: str, *, conversational: bool = False) -> datasets.Features:
+    """The features of a dataset of ``kind`` records; with message-list prompts when
+    ``conversational`` (then a pair's ``chosen`` / ``rejected`` are message lists too)."""
+    features = dict(_FEATURES[kind])
+    if conversational:
+        for column in ("prompt", "chosen", "rejected"):
+            if column in features:
+                features[column] = MESSAGES_FEATURE
+    return datasets.Features(features)
 
 
 def read_feedback(path: str | os.PathLike, *, kind: str = "auto",
@@ -127,15 +70,20 @@ def read_feedback(path: str | os.PathLike, *, kind: str = "auto",
 
     Args:
       path: the JSONL file (one JSON object per line; blank lines are ignored and counted).
-      kind: ``"ranked"``, ``"binary"``, ``"pairwise"`` or ``"auto"`` (decided by the first
-        record's keys).
+      kind: ``"ranked"``, ``"binary"``, ``"pairwise"`` or ``"auto"`` (each record's kind from its
+        keys; the most common one is the file's, records of another kind are errors).
       strict: raise the first `FeedbackError`; when False, skip bad records and list them.
 
     Returns:
       ``(records, report)``; ``report.n_records == report.n_valid + report.n_skipped``.
+
+    Raises:
+      FeedbackError: a bad record when ``strict`` (the earliest line); in both modes a file
+        with no record.
+      OSError: the file cannot be opened (e.g. ``FileNotFoundError``).
     """
     path = os.fspath(path)
-    return _validate_stream(_jsonl_objects(path), source=path, kind=kind, strict=strict)
+    return validate_stream(jsonl_objects(path), source=path, kind=kind, strict=strict)
 
 
 def read_ranked(path: str | os.PathLike, *, strict: bool = True
@@ -160,8 +108,8 @@ def records_from_dataset(ds: datasets.Dataset, *, kind: str, strict: bool = True
                          source: str = "<dataset>"
                          ) -> tuple[tuple[Record, ...], ValidationReport]:
     """Validate the rows of a `datasets.Dataset` (errors name row index + 1 as ``line``)."""
-    return _validate_stream(((i + 1, row) for i, row in enumerate(ds)), source=source,
-                            kind=kind, strict=strict)
+    return validate_stream(((i + 1, row) for i, row in enumerate(ds)), source=source,
+                           kind=kind, strict=strict)
 
 
 def _kind_of(records: Sequence[Record]) -> str:
@@ -173,12 +121,17 @@ def _kind_of(records: Sequence[Record]) -> str:
 
 
 def records_to_dataset(records: Sequence[Record]) -> datasets.Dataset:
-    """A `datasets.Dataset` with one row per record and fixed features for its kind."""
+    """A `datasets.Dataset` with one row per record and fixed features for its kind and prompt
+    form (`features_for`); records mixing text and message-list prompts are a ``ValueError``."""
     kind = _kind_of(records)
+    forms = {is_conversational(r.prompt) for r in records}
+    if len(forms) > 1:
+        raise ValueError("records mix text prompts and message-list prompts; a dataset column "
+                         "holds one form")
     rows = [r.to_dict() for r in records]
     if kind == "binary":
         rows = [{"prompt_id": None, **row} for row in rows]
-    features = _FEATURES[kind]
+    features = features_for(kind, conversational=forms == {True})
     return datasets.Dataset.from_list(rows, features=features) if rows else \
         datasets.Dataset.from_dict({k: [] for k in features}, features=features)
 
@@ -202,12 +155,16 @@ def _extension(path: str) -> str:
 
 
 def save_pairs(ds: datasets.Dataset, path: str | os.PathLike) -> None:
-    """Save a pairs dataset as Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``)."""
+    """Save a pairs dataset as Parquet (``.parquet``) or JSONL (``.jsonl``/``.json``).
+
+    JSONL is written with Python's ``json`` (floats exactly, e.g. a margin of 4/3), not with
+    ``Dataset.to_json``, whose pandas writer keeps 10 significant digits."""
     path = os.fspath(path)
     if _extension(path) == ".parquet":
         ds.to_parquet(path)
     else:
-        ds.to_json(path, lines=True, force_ascii=False)
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in ds.to_list())
 
 
 def load_pairs(path: str | os.PathLike, *, strict: bool = True) -> datasets.Dataset:
@@ -219,8 +176,8 @@ def load_pairs(path: str | os.PathLike, *, strict: bool = True) -> datasets.Data
     path = os.fspath(path)
     if _extension(path) == ".parquet":
         rows = pyarrow.parquet.read_table(path).to_pylist()  # no `datasets` cache files
-        records, _ = _validate_stream(((i + 1, row) for i, row in enumerate(rows)),
-                                      source=path, kind="pairwise", strict=strict)
+        records, _ = validate_stream(((i + 1, row) for i, row in enumerate(rows)),
+                                     source=path, kind="pairwise", strict=strict)
     else:
         records, _ = read_pairwise(path, strict=strict)
     return records_to_dataset(records)

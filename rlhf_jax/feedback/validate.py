@@ -3,16 +3,32 @@
 Each ``parse_*`` function takes the decoded object and where it came from (``file``, ``line``)
 and returns a record from `rlhf_jax.feedback.records` or raises `FeedbackError` naming the field
 (a path such as ``labels[1].ranking[2]``). Keys not in the format are ignored.
+
+Checks shared by every kind:
+
+* Every string must be valid Unicode: a lone surrogate (``"\\ud800"``, e.g. half of an emoji
+  cut by a truncating tool) is an error, since it cannot be written to Arrow or UTF-8 later.
+* Completions (``completions[i]``, ``completion``, ``chosen``, ``rejected``) must not be empty
+  or whitespace only: a reward is read at a completion's last token.
+* A prompt is a string (may be empty) or a message list (see `rlhf_jax.feedback.records`):
+  a non-empty list of ``{"role", "content"}`` objects with no other key, roles ``system``,
+  ``user`` or ``assistant``, non-empty string contents, ``system`` only first, and the last
+  message from the ``user``. The completions of a conversational pair are lists of assistant
+  messages.
+* ``margin`` is a finite number >= 0 (a negative margin would say rejected is better: swap
+  the two instead); ``agreement`` a finite number in [0, 1].
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from rlhf_jax.data.formats import split_shared_text
 from rlhf_jax.feedback.errors import FeedbackError
-from rlhf_jax.feedback.records import BinaryFeedback, Label, PairRecord, RankedFeedback
+from rlhf_jax.feedback.records import (ROLES, BinaryFeedback, Label, Message, PairRecord, Prompt,
+                                       RankedFeedback)
 
 KINDS = ("ranked", "binary", "pairwise")
 
@@ -39,9 +55,67 @@ class _Where:
     def string(self, value: Any, path: str, *, nonempty: bool = False) -> str:
         if not isinstance(value, str):
             raise self.error(path, f"expected a string, got {_type_name(value)}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise self.error(path, f"holds a lone surrogate {value[e.start]!r} at character "
+                                   f"{e.start}: not valid Unicode (a cut emoji or a broken "
+                                   "\\u escape?)") from None
         if nonempty and not value.strip():
-            raise self.error(path, "must not be empty")
+            raise self.error(path, "must not be empty or whitespace only")
         return value
+
+    def completion(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        if not text.strip():
+            raise self.error(path, "must not be empty or whitespace only (a reward is read at "
+                                   "a completion's last token)")
+        return text
+
+    def messages(self, value: Any, path: str) -> tuple[Message, ...]:
+        """A non-empty message list: objects with exactly a valid role and non-empty content."""
+        raw = self.array(value, path)
+        if not raw:
+            raise self.error(path, "must hold at least one message")
+        out = []
+        for i, m in enumerate(raw):
+            where = f"{path}[{i}]"
+            if not isinstance(m, Mapping):
+                raise self.error(where, 'expected a message {"role": ..., "content": ...}, got '
+                                        f"{_type_name(m)}")
+            for key in m:
+                if key not in ("role", "content"):
+                    raise self.error(f"{where}.{key}", "unknown key (a message has only 'role' "
+                                                       "and 'content')")
+            role = self.string(self.get(m, "role", f"{where}.role"), f"{where}.role")
+            if role not in ROLES:
+                raise self.error(f"{where}.role", f"must be one of {ROLES}, got {role!r}")
+            content = self.string(self.get(m, "content", f"{where}.content"), f"{where}.content",
+                                  nonempty=True)
+            out.append(Message(role=role, content=content))  # type: ignore[arg-type]
+        return tuple(out)
+
+    def prompt(self, value: Any, path: str = "prompt") -> Prompt:
+        """A prompt string, or a conversation that a completion answers (module docstring)."""
+        if isinstance(value, str):
+            return self.string(value, path)
+        if isinstance(value, Mapping) or not hasattr(value, "__iter__"):
+            raise self.error(path, f"expected a string or a message list, got {_type_name(value)}")
+        msgs = self.messages(value, path)
+        check_prompt_messages(self, msgs, path)
+        return msgs
+
+    def replies(self, value: Any, path: str) -> tuple[Message, ...]:
+        """The completion of a conversational pair: assistant messages only."""
+        if isinstance(value, str):
+            raise self.error(path, "expected a list of assistant messages (the prompt is a "
+                                   "message list), got string")
+        msgs = self.messages(value, path)
+        for i, m in enumerate(msgs):
+            if m.role != "assistant":
+                raise self.error(f"{path}[{i}].role", f"must be 'assistant' in a completion, "
+                                                      f"got {m.role!r}")
+        return msgs
 
     def integer(self, value: Any, path: str) -> int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -61,6 +135,17 @@ class _Where:
         return list(value)
 
 
+def check_prompt_messages(w: _Where, msgs: Sequence[Message], path: str) -> None:
+    """``system`` only as the first message, and a ``user`` message last."""
+    for i, m in enumerate(msgs):
+        if m.role == "system" and i > 0:
+            raise w.error(f"{path}[{i}].role", "a system message may only come first")
+    if msgs[-1].role != "user":
+        raise w.error(f"{path}[{len(msgs) - 1}].role",
+                      f"a prompt must end with a user message (the completions answer it), "
+                      f"got {msgs[-1].role!r}")
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -71,7 +156,8 @@ def _type_name(value: Any) -> str:
 def parse_ranked(obj: Any, *, file: str | None = None, line: int | None = None) -> RankedFeedback:
     """Validate one ranked-feedback object.
 
-    Checks: every field present with its type; ``completions`` non-empty; ``labels`` non-empty;
+    Checks: every field present with its type; ``prompt`` a string or a message list;
+    ``completions`` non-empty and none empty; ``labels`` non-empty;
     labeler ids unique; each ``ranking`` has one entry per completion; ``flagged`` holds existing,
     distinct indices; a flagged completion has rank null and every other completion an integer
     rank in 1..n.
@@ -82,11 +168,11 @@ def parse_ranked(obj: Any, *, file: str | None = None, line: int | None = None) 
     w = _Where(file, line)
     rec = w.record(obj)
     prompt_id = w.string(w.get(rec, "prompt_id"), "prompt_id", nonempty=True)
-    prompt = w.string(w.get(rec, "prompt"), "prompt")
+    prompt = w.prompt(w.get(rec, "prompt"))
     raw_completions = w.array(w.get(rec, "completions"), "completions")
     if not raw_completions:
         raise w.error("completions", "must hold at least one completion")
-    completions = tuple(w.string(c, f"completions[{i}]") for i, c in enumerate(raw_completions))
+    completions = tuple(w.completion(c, f"completions[{i}]") for i, c in enumerate(raw_completions))
     criterion = w.string(w.get(rec, "criterion"), "criterion", nonempty=True)
     instructions_id = w.string(w.get(rec, "instructions_id"), "instructions_id", nonempty=True)
     raw_labels = w.array(w.get(rec, "labels"), "labels")
@@ -153,8 +239,8 @@ def parse_binary(obj: Any, *, file: str | None = None, line: int | None = None) 
     """
     w = _Where(file, line)
     rec = w.record(obj)
-    prompt = w.string(w.get(rec, "prompt"), "prompt")
-    completion = w.string(w.get(rec, "completion"), "completion")
+    prompt = w.prompt(w.get(rec, "prompt"))
+    completion = w.completion(w.get(rec, "completion"), "completion")
     labeler = w.string(w.get(rec, "labeler"), "labeler", nonempty=True)
     thumbs = w.get(rec, "thumbs")
     if thumbs not in ("up", "down") or not isinstance(thumbs, str):
@@ -169,28 +255,60 @@ def parse_binary(obj: Any, *, file: str | None = None, line: int | None = None) 
 def parse_pairwise(obj: Any, *, file: str | None = None, line: int | None = None) -> PairRecord:
     """Validate one pairwise object.
 
-    With a ``prompt`` field, ``chosen`` and ``rejected`` are the completions. Without one (the
+    With a ``prompt`` field, ``chosen`` and ``rejected`` are the completions (strings, or lists
+    of assistant messages when the prompt is a message list). Without one (the
     ``{"chosen", "rejected"}`` form) both hold the prompt as a shared prefix, which is split off
-    by `split_common_prefix`. Optional: ``margin`` and ``agreement`` (finite numbers, or null),
-    ``prompt_id`` (string or null). ``chosen`` and ``rejected`` must differ.
+    by `split_common_prefix` (text) or `split_common_messages` (message lists). Optional:
+    ``margin`` (finite, >= 0) and ``agreement`` (in [0, 1]), or null; ``prompt_id`` (string or
+    null). ``chosen`` and ``rejected`` must differ and neither may be empty.
 
     Raises:
       FeedbackError: naming ``file``, ``line`` and the first offending field.
     """
     w = _Where(file, line)
     rec = w.record(obj)
-    chosen = w.string(w.get(rec, "chosen"), "chosen")
-    rejected = w.string(w.get(rec, "rejected"), "rejected")
+    chosen_raw, rejected_raw = w.get(rec, "chosen"), w.get(rec, "rejected")
+    chosen: str | tuple[Message, ...]
+    rejected: str | tuple[Message, ...]
     if "prompt" in rec:
-        prompt = w.string(rec["prompt"], "prompt")
+        prompt = w.prompt(rec["prompt"])
+        if isinstance(prompt, str):
+            chosen = w.completion(chosen_raw, "chosen")
+            rejected = w.completion(rejected_raw, "rejected")
+        else:
+            chosen, rejected = w.replies(chosen_raw, "chosen"), w.replies(rejected_raw, "rejected")
+    elif isinstance(chosen_raw, str):
+        prompt, chosen, rejected = split_common_prefix(
+            w.string(chosen_raw, "chosen"), w.string(rejected_raw, "rejected"))
+        for key, text in (("chosen", chosen), ("rejected", rejected)):
+            if not text.strip():
+                raise w.error(key, "is empty once the shared prompt is split off")
     else:
-        prompt, chosen, rejected = split_common_prefix(chosen, rejected)
+        full_c, full_r = w.messages(chosen_raw, "chosen"), w.messages(rejected_raw, "rejected")
+        if full_c == full_r:
+            raise w.error("rejected", "is identical to chosen")
+        prompt, chosen, rejected = split_common_messages(full_c, full_r)
+        if not prompt:
+            raise w.error("chosen", "chosen and rejected share no leading message, so there is no "
+                                    "prompt (give a 'prompt' field)")
+        check_prompt_messages(w, prompt, "chosen")
+        n = len(prompt)
+        for key, msgs in (("chosen", chosen), ("rejected", rejected)):
+            if not msgs:
+                raise w.error(key, "has no message after the shared prompt")
+            for i, m in enumerate(msgs):
+                if m.role != "assistant":
+                    raise w.error(f"{key}[{n + i}].role", "must be 'assistant' after the shared "
+                                                          f"prompt, got {m.role!r}")
     if chosen == rejected:
         raise w.error("rejected", "is identical to chosen")
     extra: dict[str, Any] = {}
     for key in ("margin", "agreement"):
         if rec.get(key) is not None:
             extra[key] = w.number(rec[key], key)
+    if extra.get("margin", 0.0) < 0.0:
+        raise w.error("margin", f"must be >= 0, got {extra['margin']} (a negative margin says "
+                                "rejected is better: swap chosen and rejected)")
     if "agreement" in extra and not 0.0 <= extra["agreement"] <= 1.0:
         raise w.error("agreement", f"must lie in [0, 1], got {extra['agreement']}")
     if rec.get("prompt_id") is not None:
@@ -198,33 +316,31 @@ def parse_pairwise(obj: Any, *, file: str | None = None, line: int | None = None
     return PairRecord(prompt=prompt, chosen=chosen, rejected=rejected, **extra)
 
 
-def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """Split the shared prompt off two full texts: ``(prompt, chosen_rest, rejected_rest)``.
-
-    The prompt is the longest common prefix, cut back to just before its last whitespace
-    character, so that a word both completions happen to start with ("S" in "Sure"/"Sorry")
-    stays in the completions, and each completion starts with the whitespace that separated it
-    from the prompt (what BPE tokenizers expect: ``" Sure"``). With no whitespace in the common
-    prefix the prompt is empty. Example::
-
-        split_common_prefix("Q: hot? A: Sure.", "Q: hot? A: Sorry.")
-        == ("Q: hot? A:", " Sure.", " Sorry.")
-    """
+def split_common_messages(chosen: Sequence[Message], rejected: Sequence[Message]
+                          ) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[Message, ...]]:
+    """Split the shared leading messages off two conversations (as TRL's ``extract_prompt``):
+    ``(prompt, chosen_rest, rejected_rest)``; the prompt is the longest common prefix of whole
+    messages."""
     n = 0
     for a, b in zip(chosen, rejected):
         if a != b:
             break
         n += 1
-    if n == len(chosen) == len(rejected):
-        return "", chosen, rejected  # identical texts: nothing sensible to split
-    cut = n
-    while cut > 0 and not chosen[cut - 1].isspace():
-        cut -= 1
-    # cut now follows the last whitespace of the prefix; keep that whitespace (and any run of
-    # whitespace before it) with the completions.
-    while cut > 0 and chosen[cut - 1].isspace():
-        cut -= 1
-    return chosen[:cut], chosen[cut:], rejected[cut:]
+    return tuple(chosen[:n]), tuple(chosen[n:]), tuple(rejected[n:])
+
+
+def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split the shared prompt off two full texts: ``(prompt, chosen_rest, rejected_rest)``, by the
+    rule of :func:`rlhf_jax.data.split_shared_text` (the longest common prefix cut back to just
+    before its last whitespace, so each completion starts with that whitespace); two identical
+    texts give an empty prompt (nothing sensible to split). Example::
+
+        split_common_prefix("Q: hot? A: Sure.", "Q: hot? A: Sorry.")
+        == ("Q: hot? A:", " Sure.", " Sorry.")
+    """
+    if chosen == rejected:
+        return "", chosen, rejected
+    return split_shared_text(chosen, rejected)
 
 
 PARSERS = {"ranked": parse_ranked, "binary": parse_binary, "pairwise": parse_pairwise}

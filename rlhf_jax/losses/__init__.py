@@ -7,6 +7,7 @@ Axis letters: B batch, T time, V vocab, K completions per prompt.
 
 from rlhf_jax.losses.dpo import dpo_loss, ipo_loss
 from rlhf_jax.losses.gae import gae
+from rlhf_jax.losses.grpo import LOSS_TYPES, LossType, RewardScale, group_advantages, grpo_loss, zero_variance_groups
 from rlhf_jax.losses.kl import Estimator, exact_kl_from_logits, kl_loss, kl_penalty
 from rlhf_jax.losses.kl_control import (
     KLController,
@@ -14,7 +15,7 @@ from rlhf_jax.losses.kl_control import (
     adaptive_kl_controller,
     fixed_kl_controller,
 )
-from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprob, token_logprobs
+from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
 from rlhf_jax.losses.masked import (
     Aggregation,
     masked_aggregate,
@@ -25,8 +26,10 @@ from rlhf_jax.losses.masked import (
     masked_var,
     masked_whiten,
 )
-from rlhf_jax.losses.ppo import entropy_loss, ppo_policy_loss, ppo_value_loss
+from rlhf_jax.losses.ppo import entropy_loss, ppo_loss, ppo_policy_loss, ppo_value_loss
+from rlhf_jax.losses.shaping import kl_shaped_rewards, last_token_onehot
 from rlhf_jax.losses.reward import best_of_k_loss, bradley_terry_loss, ranking_loss
+from rlhf_jax.losses.rloo import reinforce_pp_advantages, rloo_advantages, sequence_policy_loss
 
 __all__ = [
     # masked reductions
@@ -41,7 +44,7 @@ __all__ = [
     # log-probs
     "token_logprobs",
     "entropy_from_logits",
-    "sequence_logprob",
+    "sequence_logprobs",
     # KL
     "Estimator",
     "kl_penalty",
@@ -53,6 +56,20 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "entropy_loss",
+    "ppo_loss",
+    # critic-free RL: GRPO, RLOO, REINFORCE++
+    "LOSS_TYPES",
+    "LossType",
+    "RewardScale",
+    "group_advantages",
+    "zero_variance_groups",
+    "grpo_loss",
+    "rloo_advantages",
+    "reinforce_pp_advantages",
+    "sequence_policy_loss",
+    # per-token rewards
+    "kl_shaped_rewards",
+    "last_token_onehot",
     # reward model
     "bradley_terry_loss",
     "ranking_loss",

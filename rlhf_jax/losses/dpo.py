@@ -2,11 +2,12 @@
 
 Both average over *pairs* (sequences). They take the sequence log-probs ``log pi(y | x)`` of the
 chosen and rejected completions under the policy and the frozen reference; get them with
-:func:`rlhf_jax.losses.token_logprobs` + :func:`rlhf_jax.losses.sequence_logprob`.
+:func:`rlhf_jax.losses.token_logprobs` + :func:`rlhf_jax.losses.sequence_logprobs`.
 """
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Shaped
@@ -17,6 +18,8 @@ __all__ = ["dpo_loss", "ipo_loss"]
 
 
 def _log_ratios(pc, pr, rc, rr, mask):
+    chex.assert_rank([pc, pr, rc, rr], 1)
+    chex.assert_equal_shape([pc, pr, rc, rr] + ([] if mask is None else [mask]))
     pc, pr, rc, rr = (as_float(a) for a in (pc, pr, rc, rr))
     keep = jnp.ones(pc.shape, bool) if mask is None else jnp.asarray(mask) != 0
     chosen = jnp.where(keep, pc - rc, 0.0)  # padding may hold garbage; keep it out of the grads
@@ -92,7 +95,7 @@ def ipo_loss(
         L = mean_b (h - 1 / (2 beta))^2
 
     TRL feeds IPO per-token *average* log-probs; to do the same, build the inputs with
-    ``sequence_logprob(..., length_normalize=True)``.
+    ``sequence_logprobs(..., length_normalize=True)``.
 
     Args:
       policy_chosen_logp: ``[B]`` policy (sequence or length-normalised) log-probs, chosen.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Shaped
@@ -49,6 +50,8 @@ def gae(
     Returns:
       ``(advantages, returns)``, both ``[B, T]`` float32, 0 at masked positions.
     """
+    chex.assert_rank([rewards, values, mask], 2)
+    chex.assert_equal_shape([rewards, values, mask])
     rewards, values = as_float(rewards), as_float(values)
     dtype = jnp.result_type(rewards, values)
     rewards, values = rewards.astype(dtype), values.astype(dtype)

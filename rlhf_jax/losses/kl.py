@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import chex
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Shaped
@@ -59,6 +60,7 @@ def kl_penalty(
     Returns:
       ``[B, T]`` per-token KL estimates (nothing averaged; mask before reducing).
     """
+    chex.assert_equal_shape([logp, ref_logp])
     d = as_float(logp) - as_float(ref_logp)
     if clamp is not None:
         d = jnp.clip(d, -clamp, clamp)
@@ -92,6 +94,7 @@ def exact_kl_from_logits(
     Returns:
       ``[B, T]`` per-token KL, >= 0 (nothing averaged; mask before reducing).
     """
+    chex.assert_equal_shape([logits, ref_logits])
     logp = jax.nn.log_softmax(as_float(logits) / temperature, axis=-1)
     logq = jax.nn.log_softmax(as_float(ref_logits) / temperature, axis=-1)
     return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
@@ -126,7 +129,8 @@ def kl_loss(
       ``(loss, metrics)``: the scalar loss and ``{"kl": loss, "kl_max": max token KL,
       "kl_per_sequence": mean over sequences of the summed KL}``.
     """
-    keep = jnp.broadcast_to(jnp.asarray(mask) != 0, jnp.shape(logp))
+    chex.assert_equal_shape([logp, ref_logp, mask])
+    keep = jnp.asarray(mask) != 0
     # Padding may hold garbage log-probs; exp() of it would poison the gradient (0 * inf = nan).
     logp = jnp.where(keep, as_float(logp), 0.0)
     ref_logp = jnp.where(keep, as_float(ref_logp), 0.0)

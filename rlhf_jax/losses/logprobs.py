@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, Int, Shaped
 
 from rlhf_jax.losses.masked import as_float, masked_mean, masked_sum
 
-__all__ = ["token_logprobs", "entropy_from_logits", "sequence_logprob"]
+__all__ = ["token_logprobs", "entropy_from_logits", "sequence_logprobs"]
 
 
 def _scaled(logits: Array, temperature: float) -> Array:
@@ -64,7 +64,7 @@ def entropy_from_logits(
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def sequence_logprob(
+def sequence_logprobs(
     token_logps: Float[Array, "B T"],
     mask: Shaped[Array, "B T"],
     *,

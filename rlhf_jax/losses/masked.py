@@ -207,6 +207,8 @@ def masked_aggregate(
     Returns:
       A scalar; 0 for an all-zero mask.
     """
+    if jnp.ndim(x) != 2 or jnp.shape(mask) != jnp.shape(x):
+        raise ValueError(f"masked_aggregate: values {jnp.shape(x)} and mask {jnp.shape(mask)} must both be [B, T]")
     if aggregation == "token":
         return masked_mean(x, mask)
     if aggregation == "sequence":

@@ -7,6 +7,7 @@ and a mask and returns ``(loss, metrics)``; metrics carry no gradient.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Shaped
@@ -20,7 +21,7 @@ from rlhf_jax.losses.masked import (
     masked_min,
 )
 
-__all__ = ["ppo_policy_loss", "ppo_value_loss", "entropy_loss"]
+__all__ = ["ppo_policy_loss", "ppo_value_loss", "entropy_loss", "ppo_loss"]
 
 
 def ppo_policy_loss(
@@ -64,6 +65,8 @@ def ppo_policy_loss(
       ``mean(r - 1 - log r)``); ``ratio_mean``, ``ratio_min``, ``ratio_max``; ``advantage_mean``.
       All metrics are token means over the mask.
     """
+    chex.assert_rank([logp, old_logp, advantages, mask], 2)
+    chex.assert_equal_shape([logp, old_logp, advantages, mask])
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -129,6 +132,8 @@ def ppo_value_loss(
       where the clipped term is larger); ``value_error`` (token mean of ``(V - R)^2``);
       ``value_mean`` and ``return_mean``.
     """
+    chex.assert_rank([values, old_values, returns, mask], 2)
+    chex.assert_equal_shape([values, old_values, returns, mask])
     v, old_v, ret = as_float(values), as_float(old_values), as_float(returns)
     keep = jnp.broadcast_to(jnp.asarray(mask) != 0, v.shape)
     v, old_v, ret = (jnp.where(keep, a, 0.0) for a in (v, old_v, ret))
@@ -171,5 +176,60 @@ def entropy_loss(
     Returns:
       ``(loss, metrics)`` with ``loss = -mean entropy`` and metrics ``entropy`` (the mean entropy).
     """
+    chex.assert_equal_shape([entropy, mask])
     mean_entropy = masked_aggregate(as_float(entropy), mask, aggregation=aggregation)
     return -mean_entropy, jax.lax.stop_gradient({"entropy": mean_entropy})
+
+
+def ppo_loss(
+    logp: Float[Array, "B T"],
+    old_logp: Float[Array, "B T"],
+    advantages: Float[Array, "B T"],
+    values: Float[Array, "B T"],
+    old_values: Float[Array, "B T"],
+    returns: Float[Array, "B T"],
+    mask: Shaped[Array, "B T"],
+    *,
+    entropy: Float[Array, "B T"] | None = None,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    value_clip_eps: float | None = 0.2,
+    vf_coef: float = 0.1,
+    entropy_coef: float = 0.0,
+    aggregation: Aggregation = "token",
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """The whole PPO objective of one minibatch, policy and critic trained jointly:
+
+        L = L_clip(pi) + vf_coef * L_value(V) - entropy_coef * mean H
+
+    with :func:`ppo_policy_loss`, :func:`ppo_value_loss` and :func:`entropy_loss` (each a token
+    mean over ``mask`` by default, ``aggregation="sequence"`` for the mean of per-sequence means).
+
+    Args:
+      logp, old_logp, advantages: see :func:`ppo_policy_loss`.
+      values, old_values, returns: see :func:`ppo_value_loss`.
+      mask: ``[B, T]`` response mask.
+      entropy: ``[B, T]`` per-token entropies of the current policy; needed when
+        ``entropy_coef != 0``, and logged as ``entropy`` when given.
+      clip_eps, clip_eps_high: policy ratio clip range.
+      value_clip_eps: value clip range (``None``: unclipped).
+      vf_coef: weight of the value loss.
+      entropy_coef: weight of the entropy bonus.
+      aggregation: ``"token"`` or ``"sequence"``.
+
+    Returns:
+      ``(loss, metrics)``: ``loss`` and every metric of the three parts.
+    """
+    if entropy_coef and entropy is None:
+        raise ValueError("ppo_loss: entropy_coef is set but no per-token entropy was given")
+    pg, pg_m = ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
+                               aggregation=aggregation)
+    vf, vf_m = ppo_value_loss(values, old_values, returns, mask, clip_eps=value_clip_eps, aggregation=aggregation)
+    loss = pg + vf_coef * vf
+    metrics = {**pg_m, **vf_m}
+    if entropy is not None:
+        ent_loss, ent_m = entropy_loss(entropy, mask, aggregation=aggregation)
+        loss = loss + entropy_coef * ent_loss
+        metrics.update(ent_m)
+    metrics["loss"] = jax.lax.stop_gradient(loss)
+    return loss, metrics

@@ -149,6 +149,13 @@ class _SafetensorsFolder(Mapping):
         return len(self._where)
 
 
+def read_safetensors(path: str) -> Mapping[str, np.ndarray]:
+    """The tensors of a local folder's ``model.safetensors`` (or sharded index), ``{name: array}``,
+    each read from disk when accessed (for folders :func:`load_pretrained` does not take whole,
+    e.g. a sequence classifier's body and score head)."""
+    return _SafetensorsFolder(_check_folder(path))
+
+
 def _hf_key(name: str, config: ModelConfig) -> str:
     """GPT-2 checkpoints saved from ``GPT2Model`` lack the ``transformer.`` prefix; Llama ones saved
     from the bare model lack ``model.``: our name for a checkpoint's tensor name."""
@@ -203,12 +210,32 @@ def load_pretrained(path: str, *, dtype: str = "float32", tokenizer: bool = True
     return Pretrained(config, params, tok)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tiktoken.model")
+"""Files holding a tokenizer's vocabulary; a folder needs at least one (``tokenizer.json`` being
+what ``save_pretrained`` writes for fast tokenizers; ``vocab.json`` goes with ``merges.txt``)."""
+
+
 def load_tokenizer(path: str):
-    """A ``transformers`` tokenizer from local files only."""
+    """A ``transformers`` tokenizer from local files only.
+
+    Raises:
+      CheckpointError: the folder holds no tokenizer files (``transformers`` would otherwise build
+        an empty one-token tokenizer and nothing would complain), or they cannot be loaded.
+    """
     from transformers import AutoTokenizer
 
     _check_folder(path)
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{path}: no tokenizer files: expected tokenizer.json (with tokenizer_config.json), or a vocabulary "
+            "such as vocab.json + merges.txt or tokenizer.model; save the tokenizer into the folder "
+            "(tokenizer.save_pretrained(folder)), or load the model with tokenizer=False and pass a tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers raises several types for missing files
         raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
+    if len(tok) < 2:
+        raise CheckpointError(f"{path}: the tokenizer files load into a tokenizer of {len(tok)} token(s); check "
+                              "tokenizer.json / the vocabulary files")
+    return tok

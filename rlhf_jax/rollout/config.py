@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
+from rlhf_jax.config_checks import at_least, check, fail, in_range
 from rlhf_jax.model.config import ModelConfig
 
 
@@ -41,15 +43,17 @@ class SamplingConfig:
         if isinstance(self.eos_ids, (list, int)):
             ids = (self.eos_ids,) if isinstance(self.eos_ids, int) else tuple(self.eos_ids)
             object.__setattr__(self, "eos_ids", ids)
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"SamplingConfig.max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"SamplingConfig.temperature must be > 0, got {self.temperature} "
-                             "(use greedy=True for argmax decoding)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"SamplingConfig.top_k must be >= 1 or None, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        at_least(self, "max_new_tokens", 1, integer=True)
+        if not (isinstance(self.temperature, numbers.Real) and not isinstance(self.temperature, bool)
+                and self.temperature > 0):
+            fail(self, "temperature", "a number > 0 (use greedy=True for argmax decoding)")
+        at_least(self, "top_k", 1, integer=True, optional=True)
+        in_range(self, "top_p", 0, 1, low_open=True)
+        check(self, "greedy", isinstance(self.greedy, bool), "a boolean")
+        check(self, "eos_ids", self.eos_ids is None or all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in self.eos_ids),
+            "a tuple of token ids (integers >= 0) or None")
+        at_least(self, "pad_id", 0, integer=True, optional=True)
 
     def resolve(self, model_config: ModelConfig) -> tuple[tuple[int, ...], int]:
         """``(eos_ids, pad_id)``, falling back to the model config; raises when no pad id is set."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +55,13 @@ class Sampler:
 def make_generate_fn(model, config: SamplingConfig) -> Sampler:
     """A :class:`Sampler` for ``model`` and ``config`` (jit once, reuse for every batch)."""
     return Sampler(model, config)
+
+
+@functools.lru_cache(maxsize=32)
+def cached_sampler(model_config, lora, config: SamplingConfig) -> Sampler:
+    """One :class:`Sampler` per ``(model config, LoRA config, sampling config)`` in this process,
+    so that sampling again (every N training steps, another run of the same setup) reuses the
+    compiled programs."""
+    from rlhf_jax.model import Transformer
+
+    return Sampler(Transformer(model_config, lora=lora), config)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from rlhf_jax.config_checks import ConfigError, check
 
 PyTree = Any
 
@@ -40,11 +43,12 @@ class MeshConfig:
     """Tensor parallelism: heads and MLP hidden units split over this axis."""
 
     def __post_init__(self):
-        sizes = self.sizes
-        if any(s == 0 or s < -1 for s in sizes):
-            raise ValueError(f"MeshConfig sizes must be >= 1 or -1 (fill), got {self}")
-        if sizes.count(-1) > 1:
-            raise ValueError(f"MeshConfig: at most one axis may be -1 (fill), got {self}")
+        for axis in AXES:
+            size = getattr(self, axis)
+            check(self, axis, isinstance(size, numbers.Integral) and not isinstance(size, bool)
+                  and (size >= 1 or size == -1), "an integer >= 1, or -1 (fill)")
+        if self.sizes.count(-1) > 1:
+            raise ConfigError(f"MeshConfig: at most one axis may be -1 (fill), got {self}")
 
     @property
     def sizes(self) -> tuple[int, int, int]:

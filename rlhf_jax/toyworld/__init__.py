@@ -13,6 +13,7 @@ classifier measures the result. Everything is deterministic from seeds.
 - :mod:`~rlhf_jax.toyworld.gold`: the hidden gold rubric (labelers and evaluation only).
 - :mod:`~rlhf_jax.toyworld.labelers`: simulated labelers writing ranked-feedback records.
 - :mod:`~rlhf_jax.toyworld.toxicity`: the toxicity classifier.
+- :mod:`~rlhf_jax.toyworld.topics`: is a completion on its prompt's topic family (evaluation).
 - :mod:`~rlhf_jax.toyworld.world`: ``build_world`` writes all of it to a folder.
 """
 
@@ -69,6 +70,15 @@ from rlhf_jax.toyworld.prompts import (
 )
 from rlhf_jax.toyworld.text import canonicalize, completion_words, split_tokens
 from rlhf_jax.toyworld.tokenizer import save_tokenizer, train_tokenizer, world_words
+from rlhf_jax.toyworld.topics import (
+    FUNCTION_WORDS,
+    completion_family,
+    on_topic,
+    on_topic_scores,
+    prompt_family,
+    topic_markers,
+    topic_votes,
+)
 from rlhf_jax.toyworld.toxicity import (
     ToxicityClassifier,
     ToxicityConfig,
@@ -83,6 +93,7 @@ __all__ = [
     "CRITERION",
     "EOS",
     "FAMILIES",
+    "FUNCTION_WORDS",
     "HYPE_WORDS",
     "INSTRUCTIONS_ID",
     "MAX_WORDS",
@@ -106,6 +117,7 @@ __all__ = [
     "as_prompt",
     "build_world",
     "canonicalize",
+    "completion_family",
     "completion_words",
     "gold_details",
     "gold_score",
@@ -119,6 +131,9 @@ __all__ = [
     "make_prompts",
     "make_sft_corpus",
     "make_toxicity_data",
+    "on_topic",
+    "on_topic_scores",
+    "prompt_family",
     "prompt_from_id",
     "prompt_from_text",
     "sample_completion",
@@ -128,6 +143,8 @@ __all__ = [
     "save_tokenizer",
     "split_prompts",
     "split_tokens",
+    "topic_markers",
+    "topic_votes",
     "train_tokenizer",
     "train_toxicity_classifier",
     "world_words",

@@ -1,26 +1,33 @@
-"""Reward model: base + reward LoRA (or full fine-tuning) + a scalar score head on the last real
-token, trained on preference pairs (Bradley-Terry) or K-way rankings; then normalised so the SFT
-model's own samples score mean 0, standard deviation 1 (gain and bias, as Ziegler et al. 2019)."""
+"""Reward-model training: base + reward LoRA (or full fine-tuning) + a scalar score head on the last
+real token, trained on preference pairs (Bradley-Terry) or K-way rankings. The result is a
+:class:`rlhf_jax.scoring.RewardModel`; normalise it with :func:`rlhf_jax.scoring.normalize_on_samples`."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any, NamedTuple, Sequence
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings
-from rlhf_jax.lora import LoraConfig, _flatten, _unflatten, init_lora
+from rlhf_jax.config_checks import at_least, check, in_range, one_of
+from rlhf_jax.data import DataConfig, EncodeReport, encode_preference_data
+from rlhf_jax.feedback.batches import BatchConfig, encode_pairs, encode_rankings, pad_token_id
+from rlhf_jax.lora import LoraConfig
 from rlhf_jax.losses import bradley_terry_loss, ranking_loss
-from rlhf_jax.model import ModelConfig, Transformer, init_head, score_head
-from rlhf_jax.sharding import jit_step, make_mesh, shard_batch, shard_params
-from rlhf_jax.train.run import Checkpoints, MetricsLogger, RunConfig
-from rlhf_jax.train.state import (OptimConfig, TrainState, batch_indices, guarded_update, init_state, make_optimizer,
-                                  trim_padding)
+from rlhf_jax.model import ModelConfig, init_head, score_head
+from rlhf_jax.rollout.shared_prefix import grouped_hidden
+from rlhf_jax.scoring import RewardModel, raw_scores
+from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
+from rlhf_jax.train.batching import batch_indices, check_context, trim_padding
+from rlhf_jax.train.fit import FitContext, fit
+from rlhf_jax.train.grouped_batches import grouped_rows, split_shared_prefix
+from rlhf_jax.train.optim import OptimConfig, guarded_update
+from rlhf_jax.train.run import RunConfig
+from rlhf_jax.train.state import TrainState
+from rlhf_jax.train.trainable import init_trainable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,187 +52,294 @@ class RewardConfig:
     the data's full width (one shape)."""
     eval_fraction: float = 0.1
     """Share of the data held out for pair accuracy."""
+    eval_every: int = 0
+    """Evaluate on the held-out data (and on as many training items, for the train accuracy)
+    every N steps (0: only at the end)."""
+    label_smoothing: float = 0.0
+    """Each preference label is taken as wrong with this probability: the pair loss becomes
+    ``-(1 - e) log s(z) - e log s(-z)`` (see :func:`rlhf_jax.losses.bradley_terry_loss`), whose
+    optimum is a finite margin ``log((1 - e) / e)`` instead of certainty; in ``[0, 0.5)``."""
+    early_stopping: int = 0
+    """Stop after this many evaluations in a row (every ``eval_every`` steps) without improving
+    ``early_stopping_metric`` and return the best evaluated model; 0: off (train ``max_steps``,
+    return the last). Needs ``eval_every > 0`` and held-out data."""
+    early_stopping_metric: str = "eval_accuracy"
+    """What early stopping watches: ``"eval_accuracy"`` (higher is better; equal accuracies are
+    told apart by the lower held-out loss) or ``"eval_loss"`` (lower is better)."""
+    split_seed: int | None = None
+    """Seed of the held-out split; ``None``: ``run.seed``. Fix it to train several models (an
+    ensemble) with different seeds on one split."""
     optim: OptimConfig = OptimConfig(learning_rate=1e-3)
     """Optimizer."""
     run: RunConfig = RunConfig()
     """Steps, seed, logging, checkpoints."""
 
     def __post_init__(self):
-        if self.loss not in ("pairwise", "ranking"):
-            raise ValueError(f"RewardConfig.loss must be 'pairwise' or 'ranking', got {self.loss!r}")
+        one_of(self, "loss", ("pairwise", "ranking"))
+        at_least(self, "batch_size", 1, integer=True)
+        at_least(self, "max_length", 2, integer=True)
+        at_least(self, "center_coef", 0)
+        at_least(self, "pad_multiple", 0, integer=True)
+        in_range(self, "eval_fraction", 0, 1, high_open=True)
+        at_least(self, "eval_every", 0, integer=True)
+        in_range(self, "label_smoothing", 0, 0.5, high_open=True)
+        at_least(self, "early_stopping", 0, integer=True)
+        one_of(self, "early_stopping_metric", ("eval_accuracy", "eval_loss"))
+        at_least(self, "split_seed", 0, integer=True, optional=True)
+        check(self, "early_stopping", not self.early_stopping or (self.eval_every > 0 and self.eval_fraction > 0),
+              "0 unless eval_every > 0 and eval_fraction > 0 (early stopping watches the held-out metrics)")
 
 
-class RewardModel(NamedTuple):
-    """A trained reward model: ``score = gain * (h_last . w + b) + bias``."""
+def preference_scores(model_config: ModelConfig, rm: RewardModel, base, batch: dict):
+    """Raw scores ``[B, K]`` of a pair (K = 2, chosen first) or ranking batch.
 
-    params: dict
-    """``{"lora": adapter, "head": head}`` over the shared base, or ``{"params": full, "head": head}``."""
-    gain: float = 1.0
-    """Normalisation gain (1 / std of the SFT samples' raw scores)."""
-    bias: float = 0.0
-    """Normalisation bias (-mean / std)."""
-    lora: LoraConfig | None = None
-    """The adapter's config (``None`` for a full model)."""
+    Two layouts (the keys tell them apart):
 
-    def scores(self, model_config: ModelConfig, base: dict | None, input_ids, attention_mask):
-        """Normalised scores ``[B]`` (pure; jit it or call it inside a jitted step)."""
-        return self.gain * raw_scores(model_config, self.lora, base, self.params, input_ids, attention_mask) + self.bias
+    - prompt once per group (what :func:`encode_preferences` gives): ``prompt_ids``,
+      ``prompt_mask`` ``[B, P]`` left padded, and the completions ``input_ids``,
+      ``attention_mask`` ``[B, K, C]`` right padded. The prompt's keys and values are computed
+      once and the K completions attend to them (:func:`rlhf_jax.rollout.grouped_hidden`); each
+      score is read at its completion's last real token (the prompt's last when it is empty).
+    - whole sequences: ``input_ids``, ``attention_mask`` ``[B, K, T]`` (left or right padded), one
+      pass per sequence.
 
-
-def raw_scores(model_config: ModelConfig, lora: LoraConfig | None, base: dict | None, rm_params: dict,
-               input_ids, attention_mask):
-    """Un-normalised scores ``[B]`` read at each row's last real token."""
-    model = Transformer(model_config, lora=lora)
-    if "lora" in rm_params:
-        variables = {"params": base, "lora": rm_params["lora"]}
-    else:
-        variables = {"params": rm_params["params"]}
-    hidden = model.apply(variables, input_ids, attention_mask=attention_mask, return_hidden=True,
-                         compute_logits=False).hidden
-    return score_head(rm_params["head"], hidden, attention_mask)
+    Both give the same scores (to float rounding: ``tests/test_shared_prefix.py``)."""
+    b, k, t = batch["input_ids"].shape
+    ids, mask = batch["input_ids"].reshape(b * k, t), batch["attention_mask"].reshape(b * k, t)
+    if "prompt_ids" not in batch:
+        return raw_scores(model_config, rm, base, ids, mask).reshape(b, k)
+    hidden = grouped_hidden(model_config, rm.model, base, batch["prompt_ids"], batch["prompt_mask"], ids, mask,
+                            group_size=k)
+    return score_head(rm.head, hidden, jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)).reshape(b, k)
 
 
-def make_reward_step(model_config: ModelConfig, lora: LoraConfig | None, optimizer, config: RewardConfig):
-    """Unjitted ``step(state, batch, base) -> (state, metrics)`` and ``evaluate(params, batch, base)``
-    for pair batches (``input_ids [B, 2, T]``) or ranking batches (``[B, K, T]``)."""
+def reward_loss(model_config: ModelConfig, config: RewardConfig, rm: RewardModel, base, batch: dict):
+    """``(loss, metrics)`` of a pair batch (chosen first, ``margin [B]``) or a ranking batch
+    (``ranks``, ``valid``) under reward model ``rm``; either layout of :func:`preference_scores`."""
+    r = preference_scores(model_config, rm, base, batch)
+    if config.loss == "pairwise":
+        margin = batch["margin"] if config.use_margin else None
+        return bradley_terry_loss(r[:, 0], r[:, 1], margin=margin, center_coef=config.center_coef,
+                                  label_smoothing=config.label_smoothing)
+    return ranking_loss(r, batch["ranks"], batch["valid"], label_smoothing=config.label_smoothing)
 
-    def loss_fn(params, batch, base):
-        b, k, t = batch["input_ids"].shape
-        r = raw_scores(model_config, lora, base, params, batch["input_ids"].reshape(b * k, t),
-                       batch["attention_mask"].reshape(b * k, t)).reshape(b, k)
-        if config.loss == "pairwise":
-            margin = batch["margin"] if config.use_margin else None
-            return bradley_terry_loss(r[:, 0], r[:, 1], margin=margin, center_coef=config.center_coef)
-        return ranking_loss(r, batch["ranks"], batch["valid"])
 
-    def step(state: TrainState, batch, base=None):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, base)
+def make_reward(model_config: ModelConfig, optimizer, config: RewardConfig) -> Algorithm:
+    """Reward-model training as an ``(init, step)`` pair.
+
+    - ``init(key, base) -> TrainState`` whose ``params`` is a :class:`RewardModel` with gain 1 and
+      bias 0: a fresh adapter (``config.lora``) or a copy of ``base``, and a random score head.
+    - ``step(state, base, batch) -> (state, metrics)``: one update of the Bradley-Terry (or K-way)
+      loss; metrics ``loss``, ``accuracy``, ``margin``..., ``skipped``, ``updates``.
+    """
+
+    def init(key, base) -> TrainState:
+        k_model, k_head, k_run = jax.random.split(key, 3)
+        rm = RewardModel(init_trainable(model_config, base, config.lora, k_model),
+                         init_head(k_head, model_config.hidden_size), jnp.float32(1.0), jnp.float32(0.0))
+        trainable = rm._replace(gain=None, bias=None)  # gain and bias are not trained
+        return TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable), k_run,
+                          jnp.zeros((), jnp.int32))
+
+    def loss_fn(trainable: RewardModel, base, batch):
+        return reward_loss(model_config, config, trainable._replace(gain=1.0, bias=0.0), base, batch)
+
+    def step(state: TrainState, base, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, base, batch)
         params, opt_state, skipped = guarded_update(state.params, state.opt_state, grads, loss, optimizer)
-        metrics = dict(metrics, loss=loss, skipped=state.skipped + skipped)
-        return TrainState(state.step + 1, params, opt_state, state.rng, state.skipped + skipped), metrics
+        skipped = state.skipped + skipped
+        metrics = dict(metrics, loss=loss, skipped=skipped, updates=1)
+        return TrainState(state.step + 1, params, opt_state, state.rng, skipped), metrics
 
-    def evaluate(params, batch, base=None):
-        return loss_fn(params, batch, base)
-
-    return step, evaluate
+    return Algorithm(init, step)
 
 
 class RewardResult(NamedTuple):
     reward_model: RewardModel
+    """The trained model, gain 1 and bias 0 (normalise it on samples before RL); with early
+    stopping, the best evaluated one."""
+    state: TrainState
+    """The training state at the last step (resume from it; with early stopping its parameters
+    may be later than ``reward_model``'s)."""
     history: list[dict]
     eval: dict
-    """Held-out ``eval_accuracy`` and ``eval_loss``."""
+    """Metrics of the returned model: held-out ``eval_accuracy`` and ``eval_loss``, and
+    ``train_accuracy`` / ``train_loss`` on as many training items (at most all of them): their
+    gap shows overfitting."""
     report: Any
     """The :class:`rlhf_jax.feedback.BatchReport` of the tokenisation (what was skipped)."""
+    stop_reason: str
+    """``"max_steps"`` or ``"early_stopping (...)"``."""
+    best_step: int | None = None
+    """With early stopping: the step whose model is returned (``None`` without)."""
+    data_report: EncodeReport | None = None
+    """How the preference dataset was read (its format, rows); ``None`` for rankings."""
 
 
-def _encode(tokenizer, data, config: RewardConfig):
-    bc = BatchConfig(max_length=config.max_length)
+def preference_pairs(data: Any, tokenizer, *, data_config: DataConfig = DataConfig()
+                    ) -> tuple[list[dict], bool | None, EncodeReport]:
+    """Any preference dataset (explicit or implicit prompt, strings or conversations; a path, a
+    ``datasets.Dataset``, rows or :class:`rlhf_jax.feedback.PairRecord` s) as the text rows
+    ``prompt, chosen, rejected[, margin]`` that :func:`encode_preferences` takes, with its
+    ``add_bos`` (``False`` for conversations: the rendered texts carry the template's own BOS) and
+    the data layer's report (:func:`rlhf_jax.data.encode_preference_data`)."""
+    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "to_dict"):
+        data = [p.to_dict() for p in data]
+    pairs, report = encode_preference_data(data, tokenizer, data_config=data_config)
+    rows = [{k: p[k] for k in ("prompt", "chosen", "rejected", "margin") if k in p} for p in pairs]
+    return rows, (False if report.format.startswith("conversational") else None), report
+
+
+def encode_preferences(tokenizer, data, config: RewardConfig, *, add_bos: bool | None = None) -> tuple[dict, Any]:
+    """Host arrays of pairs (``margin``) or rankings (``ranks``, ``valid``) with each prompt once:
+    ``prompt_ids``/``prompt_mask`` ``[N, P]`` and the completions ``input_ids``/``attention_mask``
+    ``[N, K, C]`` (K = 2 for pairs, chosen first; see :func:`reward_loss`), and the tokenisation
+    report. Sequences are tokenised as :func:`rlhf_jax.feedback.encode_pairs` does (its truncation
+    and skipping rules; ``add_bos``: see :class:`rlhf_jax.feedback.BatchConfig`), then cut at the
+    prefix each group shares (:func:`rlhf_jax.train.grouped_batches.split_shared_prefix`)."""
+    bc = BatchConfig(max_length=config.max_length, add_bos=add_bos)
     if config.loss == "pairwise":
         batch, report = encode_pairs(tokenizer, data, config=bc)
-        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "margin": batch.margin}
+        extra = {"margin": batch.margin}
     else:
         batch, report = encode_rankings(tokenizer, list(data), config=bc)
-        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                  "ranks": batch.ranks, "valid": batch.valid}
-    return arrays, report
+        extra = {"ranks": batch.ranks, "valid": batch.valid}
+    arrays = split_shared_prefix(batch.input_ids, batch.attention_mask, pad_id=pad_token_id(tokenizer))
+    return {**arrays, **extra}, report
 
 
-def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: Sequence[Any],
-                       config: RewardConfig) -> RewardResult:
-    """Train a reward model over ``base``.
+@functools.lru_cache(maxsize=16)
+def _jitted_eval(model_config: ModelConfig, config: RewardConfig):
+    # one compilation per (model config, loss settings)
+    return jax.jit(lambda t, b, batch: reward_loss(model_config, config, t._replace(gain=1.0, bias=0.0), b, batch))
+
+
+def preference_rows(arrays: dict, idx, pad_multiple: int) -> dict:
+    """Rows ``idx`` of host preference arrays, cut to their longest sequence (prompt and
+    completions separately when the prompt is held once)."""
+    if "prompt_ids" in arrays:
+        return grouped_rows(arrays, idx, pad_multiple)
+    return dict(trim_padding({k: v[idx] for k, v in arrays.items()}, multiple=pad_multiple))
+
+
+def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: Any, config: RewardConfig, *,
+                       data_config: DataConfig = DataConfig()) -> RewardResult:
+    """Train a reward model over ``base`` with :func:`make_reward` run by :func:`rlhf_jax.train.fit`.
 
     Args:
-      data: pairs (rows with ``prompt``, ``chosen``, ``rejected`` [, ``margin``], e.g. the
-        ``datasets.Dataset`` of :func:`rlhf_jax.feedback.rankings_to_pairs`) for ``loss="pairwise"``;
-        ranked items (``prompt``, ``completions``, ``ranks``) for ``loss="ranking"``.
+      data: for ``loss="pairwise"``, any preference dataset (:func:`preference_pairs`): rows with
+        ``prompt``, ``chosen``, ``rejected`` [, ``margin``] or the implicit ``chosen``,
+        ``rejected``, strings or conversations (rendered with the chat template), as a path (JSONL,
+        JSON, Parquet, ``save_to_disk`` folder), a ``datasets.Dataset`` (e.g. from
+        :func:`rlhf_jax.feedback.feedback_to_pairs`) or a list; for ``loss="ranking"``, ranked
+        items (``prompt``, ``completions``, ``ranks``).
+      data_config: ``format``, ``split``, ``chat_template`` of a preference dataset.
     """
-    arrays, report = _encode(tokenizer, data, config)
+    check_context(model_config, who="reward", max_length=config.max_length)
+    data_report = None
+    if config.loss == "pairwise":
+        data, add_bos, data_report = preference_pairs(data, tokenizer, data_config=data_config)
+        arrays, report = encode_preferences(tokenizer, data, config, add_bos=add_bos)
+    else:
+        arrays, report = encode_preferences(tokenizer, data, config)
     n = arrays["input_ids"].shape[0]
     n_eval = int(round(n * config.eval_fraction))
-    order = np.random.default_rng(config.run.seed).permutation(n)
+    split_seed = config.run.seed if config.split_seed is None else config.split_seed
+    order = np.random.default_rng(split_seed).permutation(n)
     train = {k: v[order[n_eval:]] for k, v in arrays.items()}
     held = {k: v[order[:n_eval]] for k, v in arrays.items()}
+    train_probe = {k: v[:n_eval] for k, v in train.items()}  # the train accuracy's items
+    if n - n_eval < config.batch_size:
+        raise ValueError(f"reward: {n - n_eval} training items (after {report.skipped} skipped and {n_eval} held out) "
+                         f"are fewer than batch_size {config.batch_size}; lower batch_size or add data")
+    algo = cached_algorithm(make_reward, model_config, config)
+    state = algo.init(jax.random.PRNGKey(config.run.seed), base)
+    eval_fn = _jitted_eval(model_config, dataclasses.replace(config, run=RunConfig()))
 
-    key = jax.random.PRNGKey(config.run.seed + 1)
-    head = init_head(jax.random.fold_in(key, 1), model_config.hidden_size)
-    if config.lora is not None:
-        params = {"lora": init_lora(Transformer(model_config, lora=config.lora), key), "head": head}
-        shared = base
-    else:  # full fine-tuning trains its own copy of the base
-        params = {"params": jax.tree_util.tree_map(jnp.copy, base), "head": head}
-        shared = None
-    mesh = None if config.run.mesh is None else make_mesh(config.run.mesh)
-    shared = shard_params(shared, mesh)
-    optimizer = make_optimizer(config.optim)
-    step_fn, eval_fn = make_reward_step(model_config, config.lora, optimizer, config)
-    state = shard_params(init_state(params, optimizer, config.run.seed), mesh)
-    step_fn, eval_fn = jit_step(step_fn, mesh, state), jax.jit(eval_fn)
-    ckpt = Checkpoints(config.run)
-    state, start = ckpt.resume(state)
-    logger = MetricsLogger(config.run, name="reward", keys=("loss", "accuracy"), total=config.run.max_steps,
-                           initial=start)
+    def batches(step: int, ctx: FitContext):
+        idx = batch_indices(step, n - n_eval, config.batch_size, config.run.seed)
+        return preference_rows(train, idx, config.pad_multiple), {}
 
-    def evaluate(p):
-        if n_eval == 0:
-            return {}
+    def measure(params, base, items: dict, prefix: str) -> dict:
         accs, losses, counts = [], [], []
-        for i in range(0, n_eval, config.batch_size):
-            part = _batch(held, slice(i, i + config.batch_size), config.pad_multiple)
-            loss, m = eval_fn(p, part, shared)
+        for i in range(0, items["input_ids"].shape[0], config.batch_size):
+            part = preference_rows(items, slice(i, i + config.batch_size), config.pad_multiple)
+            loss, m = eval_fn(params, base, part)
             accs.append(float(m["accuracy"]))
             losses.append(float(loss))
             counts.append(part["input_ids"].shape[0])
         w = np.asarray(counts, np.float64) / sum(counts)
-        return {"eval_accuracy": float(np.dot(w, accs)), "eval_loss": float(np.dot(w, losses))}
+        return {f"{prefix}_accuracy": float(np.dot(w, accs)), f"{prefix}_loss": float(np.dot(w, losses))}
 
-    for step in range(start, config.run.max_steps):
-        idx = batch_indices(step, train["input_ids"].shape[0], config.batch_size, config.run.seed)
-        state, metrics = step_fn(state, shard_batch(_batch(train, idx, config.pad_multiple), mesh), shared)
-        logger.log(step, metrics)
-        ckpt.maybe_save(step + 1, state)
-    final = evaluate(state.params)
-    logger.close(plot_keys=("loss", "accuracy"))
-    ckpt.close()
-    return RewardResult(RewardModel(state.params, lora=config.lora), logger.history, final, report)
+    keeper = BestKeeper(config)
 
+    def evaluate(ctx: FitContext) -> dict:
+        if n_eval == 0:
+            return {}
+        metrics = {**measure(ctx.state.params, ctx.base, held, "eval"),
+                   **measure(ctx.state.params, ctx.base, train_probe, "train")}
+        keeper.offer(metrics, ctx.state)
+        return metrics
 
-def _batch(arrays: dict, idx, pad_multiple: int) -> dict:
-    rows = trim_padding({k: v[idx] for k, v in arrays.items()}, multiple=pad_multiple)
-    return {k: jnp.asarray(v) for k, v in rows.items()}
-
-
-def normalize_reward_model(rm: RewardModel, raw: np.ndarray) -> RewardModel:
-    """Gain and bias so that ``raw`` (the raw scores of the SFT model's own samples) has mean 0
-    and standard deviation 1 after normalisation."""
-    raw = np.asarray(raw, np.float64)
-    if raw.size < 2:
-        raise ValueError("normalize_reward_model needs at least 2 scores")
-    mean, std = float(raw.mean()), float(raw.std())
-    std = std if std > 1e-8 else 1.0
-    return rm._replace(gain=1.0 / std, bias=-mean / std)
+    res = fit(algo.step, state, base, batches, run=config.run, name="reward", log_keys=("loss", "accuracy"),
+              evaluate=evaluate, eval_every=config.eval_every, stop=keeper.stop if config.early_stopping else None,
+              record={"config": config, "data": arrays})
+    if not config.early_stopping:
+        return RewardResult(res.state.params._replace(gain=1.0, bias=0.0), res.state, res.history, res.final_eval,
+                            report, res.stop_reason, data_report=data_report)
+    best = jax.tree_util.tree_map(jnp.asarray, keeper.params)
+    return RewardResult(best._replace(gain=1.0, bias=0.0), res.state, res.history, keeper.metrics, report,
+                        res.stop_reason, keeper.step, data_report)
 
 
-def save_reward_model(path: str, rm: RewardModel) -> None:
-    """``reward_model.safetensors`` (adapter/full weights and head) + ``reward_config.json``."""
-    from safetensors.numpy import save_file
+class BestKeeper:
+    """Early stopping: keeps a host copy of the best evaluated parameters and says when
+    ``config.early_stopping`` evaluations in a row have not improved on them."""
 
-    os.makedirs(path, exist_ok=True)
-    flat = {"/".join(k): np.asarray(v, np.float32) for k, v in _flatten(rm.params).items()}
-    save_file(flat, os.path.join(path, "reward_model.safetensors"))
-    meta = {"gain": rm.gain, "bias": rm.bias,
-            "lora": None if rm.lora is None else dataclasses.asdict(rm.lora)}
-    with open(os.path.join(path, "reward_config.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+    def __init__(self, config: RewardConfig):
+        self.config = config
+        self.key: tuple | None = None
+        self.params = self.metrics = self.step = None
+        self.since_best = 0
+
+    def _key(self, metrics: dict) -> tuple:
+        if self.config.early_stopping_metric == "eval_loss":
+            return (-metrics["eval_loss"],)
+        return metrics["eval_accuracy"], -metrics["eval_loss"]
+
+    def offer(self, metrics: dict, state: TrainState) -> None:
+        """Record an evaluation of ``state``; copy its parameters when it is the best so far."""
+        key = self._key(metrics)
+        if self.key is None or key > self.key:
+            self.key, self.metrics, self.since_best = key, dict(metrics), 0
+            self.params = jax.device_get(state.params)
+            self.step = int(jax.device_get(state.step))
+        else:
+            self.since_best += 1
+
+    def stop(self, history: list[dict]) -> str | None:
+        """The ``stop`` hook of :func:`rlhf_jax.train.fit`."""
+        if self.since_best < self.config.early_stopping:
+            return None
+        name = self.config.early_stopping_metric
+        return (f"early_stopping ({self.since_best} evaluations without a better {name}; best at step {self.step}: "
+                f"{name} {self.metrics[name]:.4f})")
 
 
-def load_reward_model(path: str) -> RewardModel:
-    from safetensors.numpy import load_file
-
-    with open(os.path.join(path, "reward_config.json")) as f:
-        meta = json.load(f)
-    flat = load_file(os.path.join(path, "reward_model.safetensors"))
-    params = _unflatten({tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
-    lora = None if meta["lora"] is None else LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                           for k, v in meta["lora"].items()})
-    return RewardModel(params, gain=meta["gain"], bias=meta["bias"], lora=lora)
+def train_reward_ensemble(model_config: ModelConfig, base: dict, tokenizer, data: Sequence[Any],
+                          config: RewardConfig, *, members: int) -> list[RewardResult]:
+    """``members`` reward models trained like :func:`train_reward_model` on the same data and the
+    same held-out split (``config.split_seed``, else ``config.run.seed``), member ``k`` with run
+    seed ``config.run.seed + k``: its own adapter and head initialisation and its own data order.
+    With ``config.run.out_dir`` each member writes to ``out_dir/member_k``. Score them together in
+    one pass with :class:`rlhf_jax.scoring.EnsembleScorer`."""
+    if not isinstance(members, int) or members < 1:
+        raise ValueError(f"train_reward_ensemble: members must be an integer >= 1, got {members!r}")
+    split = config.run.seed if config.split_seed is None else config.split_seed
+    out = []
+    for k in range(members):
+        run = dataclasses.replace(config.run, seed=config.run.seed + k, out_dir=None if config.run.out_dir is None
+                                  else f"{config.run.out_dir}/member_{k}")
+        out.append(train_reward_model(model_config, base, tokenizer, data,
+                                      dataclasses.replace(config, split_seed=split, run=run)))
+    return out

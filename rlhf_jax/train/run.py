@@ -1,5 +1,5 @@
-"""What every trainer shares around its step: the run config, metrics to JSONL + TensorBoard, a
-progress bar, PNG plots, and orbax checkpoints that resume exactly."""
+"""What every run shares around its step: the run config, metrics to JSONL + TensorBoard, a
+progress bar and PNG plots."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from rlhf_jax.config_checks import at_least, in_range, multiple_of, one_of, positive
 from rlhf_jax.sharding import MeshConfig
 
 
@@ -31,8 +32,15 @@ class RunConfig:
     """Save the full training state every N steps (0: never)."""
     keep_checkpoints: int = 2
     """Keep the last K checkpoints."""
-    resume: bool = True
-    """Continue from the latest checkpoint in ``out_dir/checkpoints`` if there is one."""
+    resume: str = "auto"
+    """What to do when ``out_dir`` already holds checkpoints: ``"auto"`` resumes from the newest
+    intact one only when the recorded config (but for the fields of
+    :data:`rlhf_jax.train.checkpoints.RESUMABLE_CHANGES`), base model and data match, and refuses
+    naming the differences otherwise; ``"never"`` starts afresh (the old checkpoints are removed);
+    ``"force"`` resumes whatever changed (the differences are printed)."""
+    max_skipped_steps: int = 5
+    """Stop with an error after this many consecutive steps whose updates were all skipped for a
+    non-finite loss, gradient or reward (the last good checkpoint stays)."""
     progress: bool = True
     """Show a progress bar with the key figures."""
     tensorboard: bool = True
@@ -41,6 +49,36 @@ class RunConfig:
     """Run on a device mesh (CLI ``--mesh data=2,fsdp=2,tensor=2``): parameters sharded by path
     (:mod:`rlhf_jax.sharding`), batches split over data x fsdp, so batch sizes must be multiples
     of data * fsdp. ``None``: one device."""
+
+    def __post_init__(self):
+        at_least(self, "seed", 0, integer=True)
+        at_least(self, "max_steps", 1, integer=True)
+        at_least(self, "checkpoint_every", 0, integer=True)
+        at_least(self, "keep_checkpoints", 1, integer=True)
+        one_of(self, "resume", ("auto", "never", "force"))
+        at_least(self, "max_skipped_steps", 1, integer=True)
+
+def read_metrics(path: str, *, before: int | None = None) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (those with ``step < before`` when given). A line cut by a
+    crash (not valid JSON) is dropped with a notice on stderr, never an error."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad.append(n)
+    if bad:
+        print(f"{path}: dropped {len(bad)} unreadable line(s) {bad[:5]} (cut by an interrupted run)", file=sys.stderr)
+    if before is not None:
+        dropped = sum(1 for r in rows if r.get("step", 0) >= before)
+        rows = [r for r in rows if r.get("step", 0) < before]
+        if dropped:
+            print(f"{path}: dropped {dropped} row(s) logged after step {before}, the checkpoint resumed from",
+                  file=sys.stderr)
+    return rows
 
 
 class MetricsLogger:
@@ -58,9 +96,7 @@ class MetricsLogger:
             if initial == 0 and os.path.exists(path):
                 os.remove(path)
             elif initial > 0 and os.path.exists(path):  # resumed: keep the steps before the checkpoint
-                with open(path) as f:
-                    rows = [json.loads(line) for line in f if line.strip()]
-                self.history = [r for r in rows if r["step"] < initial]
+                self.history = read_metrics(path, before=initial)
                 with open(path, "w") as f:
                     f.writelines(json.dumps(r) + "\n" for r in self.history)
             self._file = open(path, "a")
@@ -127,70 +163,3 @@ def plot_curves(history: Sequence[dict[str, float]], keys: Sequence[str], path: 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-class Checkpoints:
-    """Orbax checkpoints of a pytree (the training state) under ``out_dir/checkpoints``."""
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-        self.manager = None
-        if config.out_dir and (config.checkpoint_every > 0 or config.resume):
-            import orbax.checkpoint as ocp
-
-            path = os.path.abspath(os.path.join(config.out_dir, "checkpoints"))
-            self.manager = ocp.CheckpointManager(
-                path, options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-
-    def latest_step(self) -> int | None:
-        return None if self.manager is None else self.manager.latest_step()
-
-    def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
-        every = self.config.checkpoint_every
-        if self.manager is None or every <= 0 or (step % every and not force):
-            return False
-        import orbax.checkpoint as ocp
-
-        self.manager.save(step, args=ocp.args.StandardSave(state))
-        self.manager.wait_until_finished()
-        return True
-
-    def restore(self, template: Any) -> tuple[Any, int] | None:
-        """``(state, step)`` from the latest checkpoint, or ``None``."""
-        step = self.latest_step() if self.config.resume else None
-        if step is None:
-            return None
-        import orbax.checkpoint as ocp
-
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
-
-    def resume(self, template: Any) -> tuple[Any, int]:
-        """``(state, first step)``: the latest checkpoint's state and step, or ``(template, 0)``."""
-        restored = self.restore(template)
-        return (template, 0) if restored is None else restored
-
-    def close(self):
-        if self.manager is not None:
-            self.manager.close()
-
-
-def to_numpy_tree(tree: Any) -> Any:
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def restore_raw(run_dir: str, step: int | None = None) -> tuple[dict, int]:
-    """The training state saved under ``run_dir/checkpoints`` as nested dicts of arrays (field
-    names of the state NamedTuple as keys), without a template; ``step=None``: the latest."""
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(os.path.join(run_dir, "checkpoints"))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{run_dir}: no checkpoints folder (run with RunConfig(checkpoint_every=N))")
-    manager = ocp.CheckpointManager(path)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{path}: no checkpoint in it")
-    state = manager.restore(step, args=ocp.args.StandardRestore())
-    manager.close()
-    return state, int(step)

@@ -22,20 +22,19 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from common import ADAM_EPS, init_base, shard_info, tiny_llama, token_batch  # noqa: E402
-from rlhf_jax.lora import LoraConfig, init_lora  # noqa: E402
-from rlhf_jax.model import Transformer, init_head  # noqa: E402
-from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, process_rows, shard_batch, shard_params  # noqa: E402
-from rlhf_jax.train import OptimConfig, RewardConfig, init_state, make_optimizer, make_reward_step  # noqa: E402
+from rlhf_jax.lora import LoraConfig  # noqa: E402
+from rlhf_jax.sharding import (MeshConfig, jit_step, make_mesh, path_string, process_rows, shard_batch,  # noqa: E402
+                               shard_params)
+from rlhf_jax.train import OptimConfig, RewardConfig, make_optimizer, make_reward  # noqa: E402
 
 STEPS, BATCH, T = 3, 8, 10
 cfg = tiny_llama()
 base = init_base(cfg)  # the same values in every process (same seed): each keeps its own shards
 lcfg = LoraConfig(rank=4, alpha=8.0)
-params = {"lora": init_lora(Transformer(cfg, lora=lcfg), jax.random.PRNGKey(1)),
-          "head": init_head(jax.random.PRNGKey(2), cfg.hidden_size)}
 opt = make_optimizer(OptimConfig(learning_rate=1e-3, eps=ADAM_EPS))
-step, _ = make_reward_step(cfg, lcfg, opt, RewardConfig(lora=lcfg))
-state = jax.jit(lambda p: init_state(p, opt, 0))(params)
+algo = make_reward(cfg, opt, RewardConfig(lora=lcfg))
+step = algo.step
+state = jax.jit(lambda b: algo.init(jax.random.PRNGKey(1), b))(base)
 
 
 def global_batch(i):
@@ -49,7 +48,7 @@ losses = []
 if mode == "single":
     step = jax.jit(step)
     for i in range(STEPS):
-        state, m = step(state, global_batch(i), base)
+        state, m = step(state, base, global_batch(i))
         losses.append(float(m["loss"]))
     final = jax.tree_util.tree_map(np.asarray, state.params)
 else:
@@ -62,7 +61,7 @@ else:
             data = shard_batch({k: v[rows] for k, v in global_batch(i).items()}, mesh, process_local=True)
         else:  # every process passes the same global batch and keeps its rows
             data = shard_batch(global_batch(i), mesh)
-        state, m = step(state, data, base)
+        state, m = step(state, base, data)
         losses.append(float(multihost_utils.process_allgather(m["loss"], tiled=True)))
     final = multihost_utils.process_allgather(state.params, tiled=True)
     q = base["layers_0"]["attn"]["q_proj"]["kernel"]
@@ -74,7 +73,7 @@ else:
     })
 result["losses"] = losses
 if mode == "single" or jax.process_index() == 0:
-    np.savez(out_path + ".npz", **{"/".join(str(k.key) for k in path): np.asarray(x)
+    np.savez(out_path + ".npz", **{path_string(path): np.asarray(x)
                                    for path, x in jax.tree_util.tree_flatten_with_path(final)[0]})
 with open(out_path + (f".{jax.process_index()}" if mode == "multi" else "") + ".json", "w") as f:
     json.dump(result, f)

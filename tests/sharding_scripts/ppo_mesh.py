@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import ADAM_EPS, init_base, randomize_b, report, shard_info, tiny_llama, token_batch, where_max_diff
-from rlhf_jax.lora import LoraConfig, init_lora
+from rlhf_jax.lora import Adapter, LoraConfig, init_lora
 from rlhf_jax.model import Transformer, init_head
 from rlhf_jax.rollout import SamplingConfig, generate
 from rlhf_jax.sharding import MeshConfig, jit_step, make_mesh, shard_batch, shard_params
-from rlhf_jax.train import ModelReward, OptimConfig, PPOConfig, PPOState, RewardModel, make_optimizer, make_ppo_step
+from rlhf_jax.scoring import RewardModel, reward_scores
+from rlhf_jax.train import OptimConfig, PPOBatch, PPOConfig, make_optimizer, make_ppo
 
 mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
 cfg = tiny_llama()
@@ -42,27 +43,29 @@ out["generate"] = {
 config = PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, critic_init="zero", policy_lora=lcfg,
                    critic_lora=lcfg, sampling=SamplingConfig(max_new_tokens=6), kl_coef=0.1,
                    optim=OptimConfig(learning_rate=1e-3, eps=ADAM_EPS))
-reward = ModelReward(model_config=cfg, reward_model=RewardModel(
-    {"lora": randomize_b(fresh(21), 22), "head": init_head(jax.random.PRNGKey(23), cfg.hidden_size)}, lora=lcfg))
+rm = RewardModel(Adapter(randomize_b(fresh(21), 22), lcfg), init_head(jax.random.PRNGKey(23), cfg.hidden_size))
 opt = make_optimizer(config.optim)
-step, kl_ctl = make_ppo_step(cfg, config, opt, reward, lcfg)
-params = {"policy": policy_lora,
-          "critic": {"lora": fresh(31), "head": init_head(jax.random.PRNGKey(32), cfg.hidden_size, std=0.1)}}
-init = jax.jit(lambda p: PPOState(jnp.zeros((), jnp.int32), p, opt.init(p), kl_ctl.init(),
-                                  jax.random.PRNGKey(7), jnp.zeros((), jnp.int32)))
+algo = make_ppo(cfg, opt, config)
+params = {"policy": Adapter(policy_lora, lcfg),
+          "critic": {"model": Adapter(fresh(31), lcfg), "head": init_head(jax.random.PRNGKey(32), cfg.hidden_size, std=0.1)}}
+init = jax.jit(lambda b, p: algo.init(jax.random.PRNGKey(7), b)._replace(params=p, opt_state=opt.init(p)))
 rollout = jax.tree_util.tree_map(np.asarray, ro_single)
-single, m1 = jax.jit(step)(init(params), base, reward.arrays(), rollout, None)
-sharded = shard_params(init(params), mesh)
-mesh_step = jit_step(step, mesh, sharded)
-sharded, m8 = mesh_step(sharded, mesh_base, shard_params(reward.arrays(), mesh), shard_batch(rollout, mesh), None)
+score = jax.jit(lambda r, b, t, m: reward_scores(cfg, r, b, t, m))
+batch = PPOBatch(rollout, score(rm, base, rollout.tokens, rollout.attention_mask))
+single, m1 = jax.jit(algo.step)(init(base, params), base, batch)
+sharded = shard_params(init(base, params), mesh)
+mesh_step = jit_step(algo.step, mesh, sharded)
+mesh_rm = shard_params(rm, mesh)
+mesh_scores = score(mesh_rm, mesh_base, shard_batch(rollout, mesh).tokens, shard_batch(rollout, mesh).attention_mask)
+sharded, m8 = mesh_step(sharded, mesh_base, shard_batch(PPOBatch(rollout, mesh_scores), mesh))
 keys = ("loss", "policy_loss", "value_loss", "score", "kl", "entropy", "value_mean")
 out["ppo"] = {
     "metrics_single": {k: float(m1[k]) for k in keys}, "metrics_mesh": {k: float(m8[k]) for k in keys},
     "param_diff": where_max_diff(single.params, sharded.params),
     "grad_mu_diff": where_max_diff(single.opt_state, sharded.opt_state),
     "changed": where_max_diff(params, sharded.params),
-    "policy_q_b": shard_info(sharded.params["policy"]["layers_0"]["attn"]["q_proj"]["b"]),
-    "critic_down_a": shard_info(sharded.params["critic"]["lora"]["layers_1"]["mlp"]["down_proj"]["a"]),
+    "policy_q_b": shard_info(sharded.params["policy"].tree["layers_0"]["attn"]["q_proj"]["b"]),
+    "critic_down_a": shard_info(sharded.params["critic"]["model"].tree["layers_1"]["mlp"]["down_proj"]["a"]),
     "value_head": shard_info(sharded.params["critic"]["head"]["kernel"]),
     "base_gate": shard_info(mesh_base["layers_0"]["mlp"]["gate_proj"]["kernel"]),
     "lm_head": shard_info(mesh_base["lm_head"]),
