@@ -341,6 +341,35 @@ class TrimmedSteps:
         return float(np.mean(self.widths[start:] or self.widths))
 
 
+class GroupedSteps(TrimmedSteps):
+    """:class:`TrimmedSteps` for grouped batches, each prompt once (``prompt_ids``/``prompt_mask``
+    and the completions under ``mask_key``): the rows of each step cut per side by
+    ``rlhf_jax.train.grouped_batches.grouped_rows``, as ``train_reward_model`` / ``train_dpo`` feed
+    them, then passed to ``wrap`` (``dict``, or ``DPOBatch``). Widths are ``(prompt, completion)``."""
+
+    def __init__(self, data: dict, *, batch: int, seed: int, steps: int, multiple: int = 8,
+                 mask_key: str = "attention_mask", wrap=dict):
+        from rlhf_jax.train import batch_indices
+
+        self.data, self.batch, self.seed, self.multiple = data, batch, seed, multiple
+        self.mask_key, self.wrap = mask_key, wrap
+        n = np.shape(data["prompt_ids"])[0]
+        self.idx = [batch_indices(i, n, batch, seed) for i in range(steps)]
+        self.widths = [(r["prompt_ids"].shape[-1], r[mask_key].shape[-1]) for r in map(self._cut, range(steps))]
+
+    def _cut(self, i: int) -> dict:
+        from rlhf_jax.train.grouped_batches import grouped_rows
+
+        return grouped_rows(self.data, self.idx[i], self.multiple, mask_key=self.mask_key)
+
+    def rows(self, i: int):
+        return self.wrap(**self._cut(i))
+
+    def mean_width(self, start: int = 1) -> tuple[float, float]:
+        w = np.asarray(self.widths[start:] or self.widths, np.float64)
+        return float(w[:, 0].mean()), float(w[:, 1].mean())
+
+
 class TrimmedStepRunner:
     """Runs a jitted ``step_fn(state, extra, rows)`` (an algorithm's ``step(state, base, batch)``) on
     the rows of :class:`TrimmedSteps`;

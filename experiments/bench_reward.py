@@ -28,7 +28,15 @@ lookup), 2B * T the positions computed (padding included), c = 6 for full fine-t
 LoRA (no weight gradient for the frozen base). Shown next to this machine's float32 matmul rate
 measured in the same run (jitted 1024^3, median of 10 at the start and 10 at the end).
 
+Long prompts (``--long-prompt``): 256 pairs, each a 256-token prompt and two 64-token completions
+(windows of the corpus's token stream, as in ``bench_dpo.py``), batch 8. Ours holds each prompt
+once (``encode_preferences``' layout: ``prompt_ids`` + completions) and computes its keys and
+values once per pair, both completions attending to them (``rlhf_jax.rollout.grouped_hidden``:
+256 + 2 x 64 = 384 positions per pair); TRL scores ``prompt + chosen`` and ``prompt + rejected``
+as two whole sequences (2 x 320 = 640 positions). Model FLOPs then count those positions.
+
     python experiments/bench_reward.py            # full run (~2 minutes on 2 cores)
+    python experiments/bench_reward.py --long-prompt   # 256-token prompts, each computed once by ours
     python experiments/bench_reward.py --quick    # fewer steps
     python experiments/bench_reward.py --gpu      # accelerator: ours only, 0.5B-class bf16 model
 """
@@ -59,11 +67,16 @@ class Setup:
     steps: int = 10
     lr: float = 1e-4
     gpu_length: int = 512
+    prompt: int = 0
+    """``--long-prompt``: prompt tokens per pair (each prompt computed once by ours); 0: the corpus pairs."""
+    completion: int = 64
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bc.add_common_args(p)
+    p.add_argument("--long-prompt", action="store_true",
+                   help="256-token prompts + two 64-token completions, each prompt computed once by ours")
     return p.parse_args(argv)
 
 
@@ -75,6 +88,11 @@ def setup_of(args) -> Setup:
         s = dataclasses.replace(s, steps=3)
     if args.gpu and not args.tiny:
         s = dataclasses.replace(s, batch=8, rank=16)
+    if args.long_prompt:
+        s = dataclasses.replace(s, batch=8, pairs=256, prompt=16 if args.tiny else 256,
+                                completion=8 if args.tiny else 64)
+        if args.tiny:
+            s = dataclasses.replace(s, batch=2, pairs=8)
     if args.steps:
         s = dataclasses.replace(s, steps=args.steps)
     return s
@@ -96,7 +114,33 @@ class OursReward(bc.TrimmedStepRunner):
         self.state = algo.init(jax.random.PRNGKey(seed), base)
         self.step_fn = jit_step(algo.step, None, self.state)
         self.extra = base if lora is not None else None  # full fine-tuning: the step needs no base
-        self.batches = bc.TrimmedSteps(arrays, batch=batch, seed=seed, steps=steps)
+        self.batches = (bc.GroupedSteps(arrays, batch=batch, seed=seed, steps=steps) if "prompt_ids" in arrays
+                        else bc.TrimmedSteps(arrays, batch=batch, seed=seed, steps=steps))
+
+
+def long_prompt_arrays(world, s: Setup) -> dict:
+    """``s.pairs`` pairs of a ``s.prompt``-token prompt and two ``s.completion``-token completions
+    (``bench_dpo.token_pairs``), each prompt once: ``prompt_ids``/``prompt_mask`` ``[N, P]`` and
+    ``input_ids``/``attention_mask`` ``[N, 2, C]`` (the layout ``encode_preferences`` gives)."""
+    from bench_dpo import Setup as DPOSetup
+    from bench_dpo import token_pairs
+
+    from rlhf_jax.train.grouped_batches import layout_groups
+
+    rows = token_pairs(world.tokenizer, [e.prompt + " " + e.completion for e in world.corpus],
+                       DPOSetup(pairs=s.pairs, prompt=s.prompt, completion=s.completion))
+    arrays = layout_groups([r["prompt_ids"] for r in rows], [[r["chosen_ids"], r["rejected_ids"]] for r in rows],
+                           pad_id=0)
+    return dict(arrays, margin=np.zeros(len(rows), np.float32))
+
+
+def trl_sequences(arrays: dict) -> tuple[list, list]:
+    """Chosen and rejected whole sequences (real tokens only) for TRL, from either layout."""
+    real = lambda ids, mask: ids[mask > 0].tolist()  # noqa: E731  (strip our padding)
+    ids, mask = arrays["input_ids"], arrays["attention_mask"]
+    prompt = ([real(p, m) for p, m in zip(arrays["prompt_ids"], arrays["prompt_mask"])] if "prompt_ids" in arrays
+              else [[] for _ in range(len(ids))])
+    return tuple([prompt[i] + real(ids[i, j], mask[i, j]) for i in range(len(ids))] for j in (0, 1))
 
 
 def pair_arrays(world, s: Setup) -> dict:
@@ -127,13 +171,12 @@ def make_trl(ckpt, tok, arrays, s: Setup, total_steps: int, out_dir: str, callba
     from trl import RewardConfig, RewardTrainer
 
     bc.hf_quiet()
-    real = lambda ids, mask: ids[mask > 0].tolist()  # noqa: E731  (strip our left padding)
-    ids, mask = arrays["input_ids"], arrays["attention_mask"]
-    ds = Dataset.from_dict({"chosen_ids": [real(ids[i, 0], mask[i, 0]) for i in range(len(ids))],
-                            "rejected_ids": [real(ids[i, 1], mask[i, 1]) for i in range(len(ids))]})
+    chosen, rejected = trl_sequences(arrays)
+    ds = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
     model = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1, dtype=torch.float32)
     args = RewardConfig(output_dir=out_dir, per_device_train_batch_size=s.batch, gradient_accumulation_steps=1,
-                        max_steps=total_steps, learning_rate=s.lr, max_length=ids.shape[-1],
+                        max_steps=total_steps, learning_rate=s.lr,
+                        max_length=max(map(len, chosen + rejected)),
                         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
                         save_strategy="no", logging_steps=10 ** 6, disable_tqdm=True, dataloader_num_workers=0,
                         seed=0, max_grad_norm=1.0)
@@ -170,6 +213,8 @@ def gpu_main(args, s: Setup):
 def main(argv=None):
     args = parse_args(argv)
     s = setup_of(args)
+    if args.gpu and args.long_prompt:
+        raise SystemExit("bench_reward: --long-prompt is a CPU comparison with TRL; drop --gpu or --long-prompt")
     if args.gpu:
         return gpu_main(args, s)
     torch, threads = bc.start_torch(args.omp_wait_policy)
@@ -180,13 +225,17 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as root:
         world = bc.build_world_dir(args.world_dir or Path(root) / "world")
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
-        ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
+        ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), max_positions=512 if s.prompt
+                                   else 128, **shape)
         cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
-        arrays = pair_arrays(world, s)
+        arrays = long_prompt_arrays(world, s) if s.prompt else pair_arrays(world, s)
         ours = {"full": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr, steps=total),
                 "lora": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr, steps=total,
                                    lora=LoraConfig(rank=s.rank, alpha=2.0 * s.rank))}
-        t_pad = ours["full"].batches.mean_width(s.warmup)
+        widths = ours["full"].batches.mean_width(s.warmup)
+        # positions per pair: ours (padding included) and TRL's (corpus pairs: its padding unknown here)
+        positions = {"ours": widths[0] + 2 * widths[1] if s.prompt else 2 * widths,
+                     "trl": 2 * (s.prompt + s.completion) if s.prompt else None}
         times = {k: [] for k in ours}
 
         def between(i):
@@ -196,11 +245,15 @@ def main(argv=None):
         clock = bc.step_clock(between)
         with tempfile.TemporaryDirectory() as out:
             trainer = make_trl(ckpt, world.tokenizer, arrays, s, total, out, callbacks=[clock])
-            real = float(arrays["attention_mask"].sum(-1).mean())
+            if s.prompt:
+                what = (f"{s.pairs} pairs of a {s.prompt}-token prompt and two {s.completion}-token completions "
+                        f"(ours: {positions['ours']:.0f} positions per pair, the prompt once; TRL: {positions['trl']})")
+            else:
+                real = float(arrays["attention_mask"].sum(-1).mean())
+                what = (f"{arrays['input_ids'].shape[0]} pairs, mean {real:.1f} real tokens per sequence, ours padded "
+                        f"to {widths:.1f} on average (widths {sorted(set(ours['full'].batches.widths))})")
             print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} "
-                  f"blocks, vocab {cfg.vocab_size}); {arrays['input_ids'].shape[0]} pairs, mean {real:.1f} real "
-                  f"tokens per sequence, ours padded to "
-                  f"{t_pad:.1f} on average (widths {sorted(set(ours['full'].batches.widths))}); batch {s.batch} pairs; {s.warmup} warm-up + "
+                  f"blocks, vocab {cfg.vocab_size}); {what}; batch {s.batch} pairs; {s.warmup} warm-up + "
                   f"{s.steps} measured steps", flush=True)
             gc.collect()
             gc.freeze()
@@ -214,12 +267,13 @@ def main(argv=None):
     n = bc.matmul_params(cfg, lm_head=False)
     names = {"trl": "TRL 1.12 RewardTrainer, full fine-tuning", "full": "ours, full fine-tuning",
              "lora": f"ours, LoRA r={s.rank} (default)"}
-    c = {"full": 6, "lora": 4}
+    c = {"trl": 6, "full": 6, "lora": 4}
     pps, rows = {}, []
     for k in ("trl", "full", "lora"):
         med = bc.median(times[k][s.warmup:])
         pps[k] = s.batch / med
-        f = c[k] * n * 2 * s.batch * t_pad / med if k in c else None
+        pos = positions["trl" if k == "trl" else "ours"]
+        f = None if pos is None else c[k] * n * s.batch * pos / med
         rows.append([names[k], f"{pps[k]:,.1f}", f"{med * 1e3:.1f}", f"{times[k][0] - med:.1f}",
                      "-" if f is None else f"{f / 1e9:.1f}", "-" if f is None else f"{100 * f / peak:.1f}%"])
     bc.print_table(["run", "pairs/s", "ms/step", "compile / warm-up s", "model GFLOP/s", "% of matmul rate"], rows)
@@ -227,8 +281,9 @@ def main(argv=None):
     for k in ("trl", "full", "lora"):
         print(bc.steps_line(names[k], times[k]))
     print()
-    print(bc.ratio_line("reward pairs/s, ours full fine-tuning", pps["full"], pps["trl"], target=1.5))
-    print(bc.ratio_line("reward pairs/s, ours LoRA (default)", pps["lora"], pps["trl"], target=1.5))
+    kind = f"long-prompt ({s.prompt} + 2 x {s.completion}) " if s.prompt else ""
+    print(bc.ratio_line(f"reward {kind}pairs/s, ours full fine-tuning", pps["full"], pps["trl"], target=1.5))
+    print(bc.ratio_line(f"reward {kind}pairs/s, ours LoRA (default)", pps["lora"], pps["trl"], target=1.5))
     return {"pps": pps}
 
 

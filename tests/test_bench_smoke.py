@@ -1,4 +1,4 @@
-"""Smoke test of the trainer benchmarks (experiments/bench_{sft,reward,ppo}.py): each runs end to end
+"""Smoke test of the trainer benchmarks (experiments/bench_{sft,reward,ppo,dpo}.py): each runs end to end
 against TRL on a tiny model (``--tiny``: width 32, one block, a step or two per side) and prints its
 table and ratio lines. Numbers are not checked (2 shared CPU cores), only that every side ran, the
 same number of steps, and the accelerator mode's code path on the CPU (``--gpu --tiny``)."""
@@ -75,3 +75,18 @@ def test_profile_steps_tiny(capsys):
     assert [r[0] for r in out["ppo"]] == ["PPO lora", "PPO full"]
     assert [r[0] for r in out["train"]] == ["SFT full", "SFT lora", "reward full", "reward lora"]
     assert "| PPO lora |" in text and "host->device" in text
+
+
+def test_bench_dpo_tiny(world_dir, capsys):
+    out = _load("bench_dpo").main(["--tiny", "--world-dir", world_dir])
+    text = capsys.readouterr().out
+    assert set(out["pps"]) == {"trl_full", "full", "trl_lora", "lora", "cached"}
+    assert all(math.isfinite(v) and v > 0 for v in out["pps"].values())
+    assert "| TRL 1.12 DPOTrainer, full fine-tuning" in text and len(_ratios(text)) == 4
+
+
+def test_bench_reward_long_prompt_tiny(world_dir, capsys):
+    out = _load("bench_reward").main(["--tiny", "--long-prompt", "--world-dir", world_dir])
+    text = capsys.readouterr().out
+    assert set(out["pps"]) == {"trl", "full", "lora"}
+    assert "the prompt once" in text and len(re.findall(r"^ratio reward long-prompt", text, flags=re.M)) == 2

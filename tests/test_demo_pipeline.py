@@ -22,10 +22,11 @@ def test_every_stage_connects_and_writes_its_files(demo):
     for rel in ["world/tokenizer/tokenizer.json", "sft/metrics.jsonl", "sft/sft_curves.png", "feedback/ranked.jsonl",
                 "feedback/pairs.parquet", "feedback/stats.txt", "reward/model/reward_model.safetensors",
                 "reward/model/reward_config.json", "ppo/metrics.jsonl", "ppo/ppo_curves.png", "ppo_no_kl/metrics.jsonl",
-                "reward_hacking.png", "eval/eval.json", "eval/report.md", "eval/eval.png",
+                "reward_hacking.png", "overoptimisation.png", "reward/member_3/model/reward_config.json",
+                "eval/eval.json", "eval/report.md", "eval/eval.png",
                 "export/ppo_policy/model.safetensors", "export/sft/config.json", "report.md", "summary.json"]:
         assert os.path.exists(os.path.join(out, rel)), rel
-    assert len(summary["claims"]) == 7 and all(isinstance(c["pass"], bool) for c in summary["claims"])
+    assert len(summary["claims"]) == 11 and all(isinstance(c["pass"], bool) for c in summary["claims"])
     ev = summary["evaluation"]
     assert set(ev) == {"sft", "ppo", "ppo_no_kl"}
     assert ev["sft"]["kl"] == 0.0  # the reference against itself
@@ -34,7 +35,9 @@ def test_every_stage_connects_and_writes_its_files(demo):
     report = open(os.path.join(out, "report.md")).read()
     assert "## Claims" in report and "labeler-4" in report
     ppo_rows = [json.loads(line) for line in open(os.path.join(out, "ppo", "metrics.jsonl"))]
-    assert {"score", "kl", "gold", "beta"} <= set(ppo_rows[0])
+    assert {"score", "kl", "gold", "beta", "overopt_gap", "overopt_gap/held_out"} <= set(ppo_rows[0])
+    # the default demo: 2 optimised reward models (mean - 0.5 std) and 2 held out for the monitor
+    assert [r["role"] for r in summary["reward_models"]] == ["optimised"] * 2 + ["held_out"] * 2
 
 
 def test_cli_runs_each_stage_on_files(demo, tmp_path):

@@ -6,31 +6,15 @@ both generated exactly the completion length asked for."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("bench_world"))
+from tests.test_bench_smoke import _load, world_dir  # noqa: E402,F401  (world_dir is a fixture)
 
 
 def test_bench_grpo_tiny(world_dir, capsys):

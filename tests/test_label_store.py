@@ -186,3 +186,14 @@ def test_bind_warning():
     assert label_cli.bind_warning("127.0.0.1") is None and label_cli.bind_warning("::1") is None
     assert label_cli.bind_warning("localhost") is None
     assert "warning: serving on 0.0.0.0" in label_cli.bind_warning("0.0.0.0")
+
+
+def test_completions_file_lines_are_read_by_the_data_layer_reader(tmp_path):
+    from rlhf_jax.label.sources import _rows
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"a": 1}\n\n[1]\n')
+    with pytest.raises(LabelError, match=r"c.jsonl:3: each line must be a JSON object"):
+        list(_rows(p))
+    p.write_text('{"a": 1}\n\n{"b": 2}\n')
+    assert list(_rows(p)) == [(1, {"a": 1}), (3, {"b": 2})]

@@ -112,7 +112,7 @@ def test_full_critic_starts_from_the_merged_reward_adapter(setup):
     np.testing.assert_array_equal(q(crit["model"]), np.asarray(q(merged)))
     assert np.any(q(crit["model"]) != q(before))  # the adapter really is in there
     jax.tree_util.tree_map(np.testing.assert_array_equal, crit["model"], to_np(merged))
-    # the run's initial critic is exactly the merged one (OptimConfig refuses learning rate 0 now)
+    # the run's initial critic is exactly the merged one (OptimConfig refuses learning rate 0)
     jax.tree_util.tree_map(np.testing.assert_array_equal, to_np(full.state.params["critic"]["model"]), crit["model"])
     # the head as on the LoRA path: the score head with the normalisation folded in
     jax.tree_util.tree_map(np.testing.assert_array_equal, crit["head"], lora_crit["head"])

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from rlhf_jax.cli.critic_free import add_critic_free_commands
 from rlhf_jax.cli.demo import add_demo_command
+from rlhf_jax.cli.dpo import add_dpo_command
 from rlhf_jax.cli.evaluate import add_evaluate_command
 from rlhf_jax.cli.export import add_export_command
 from rlhf_jax.cli.train import add_train_commands
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_train_commands(sub)
     add_critic_free_commands(sub)
+    add_dpo_command(sub)
     add_feedback_subcommands(sub)
     add_label_subcommands(sub)
     add_evaluate_command(sub)

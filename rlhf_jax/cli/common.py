@@ -107,6 +107,8 @@ def load_data(args, attr: str, *, field: str | None = None):
 
     path = getattr(args, attr)
     rows = load_rows(path, split=getattr(args, "split", None))
+    if not len(rows):  # refused before the model is read or anything is written
+        raise DataError(f"{rows.source}: the dataset holds no rows; give --{attr} a file with one example per row")
     if field is None or field == "prompt":
         return rows
     renamed = []

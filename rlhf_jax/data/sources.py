@@ -42,7 +42,9 @@ class Rows:
         return f"{self.source}[{i}]"
 
 
-def _jsonl(path: str) -> Rows:
+def read_jsonl(path: str) -> Rows:
+    """The JSON objects of a JSONL file with their line numbers (blank lines skipped); a line that
+    is not UTF-8, not JSON or not an object raises :class:`DataError` naming the file and line."""
     rows, lines = [], []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -68,7 +70,7 @@ def _json(path: str) -> Rows:
     with open(path, encoding="utf-8") as f:
         head = f.read(4096).lstrip()
     if not head.startswith("["):
-        return _jsonl(path)
+        return read_jsonl(path)
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -152,7 +154,7 @@ def load_rows(data: Any, *, split: str | None = None) -> Rows:
             raise DataError(f"{path}: split={split!r} given for a single file (--split applies to a "
                             "save_to_disk folder holding a DatasetDict)")
         ext = os.path.splitext(path)[1].lower()
-        readers = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet}
+        readers = {".jsonl": read_jsonl, ".json": _json, ".parquet": _parquet}
         if ext not in readers:
             raise DataError(f"{path}: unknown extension {ext!r}; expected .jsonl, .json or .parquet "
                             "(or a save_to_disk folder)")

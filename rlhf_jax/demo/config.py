@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlhf_jax.config_checks import at_least, check
+from rlhf_jax.config_checks import at_least, check, in_range, one_of, positive
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.toyworld import CorpusConfig, WorldConfig
 
@@ -34,6 +34,10 @@ class DemoConfig:
     """Completions per training prompt shown to the labelers."""
     labelers_per_prompt: int = 3
     """Labelers per prompt (of a pool of 5, one of whom partly misreads the instructions)."""
+    flagged: str = "last"
+    """How completions the labelers flag (nonsense, off topic) enter the preference pairs:
+    ``"drop"`` every pair that has one, or rank them ``"last"``, below every ranked completion of
+    their prompt (see :func:`rlhf_jax.feedback.feedback_to_pairs`)."""
     reward_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)
     """The reward adapter over the SFT base."""
     reward_steps: int = 300
@@ -42,6 +46,26 @@ class DemoConfig:
     """Pairs per reward update."""
     reward_learning_rate: float = 3e-3
     """Reward-model learning rate."""
+    reward_eval_every: int = 25
+    """Evaluate each reward model on its held-out pairs (and as many training pairs) every N steps."""
+    reward_early_stopping: int = 3
+    """Stop a reward model after this many evaluations without a better held-out accuracy and keep
+    its best state (0: train ``reward_steps``)."""
+    reward_label_smoothing: float = 0.1
+    """Label smoothing of the Bradley-Terry loss (each label taken as wrong with this probability)."""
+    reward_members: int = 2
+    """Reward models PPO optimises (seeds ``seed``, ``seed + 1``...): with more than one, the RL
+    reward is their mean minus ``uncertainty_coef`` times their standard deviation."""
+    uncertainty_coef: float = 0.5
+    """Weight of the members' disagreement subtracted from the RL reward."""
+    monitor_members: int = 2
+    """Further reward models, trained alike but never optimised: the over-optimisation monitor
+    logs the gap between the optimised reward and their mean during PPO (0: no monitor)."""
+    gap_threshold: float = 0.5
+    """The monitor's stop threshold (5-step mean of the gap): the report checks that the no-KL run's
+    gap ends at or above it, rising as the gold falls, and that the KL run's stays below it."""
+    stop_on_gap: bool = False
+    """Apply that stop rule to the PPO runs (off: both run in full, so the figure shows them)."""
     policy_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)
     """The policy adapter."""
     ppo_steps: int = 60
@@ -50,8 +74,11 @@ class DemoConfig:
     """Episodes per PPO step."""
     ppo_learning_rate: float = 2e-3
     """PPO learning rate (policy and critic adapters)."""
-    kl_coef: float = 0.2
-    """KL coefficient of the main run."""
+    entropy_coef: float = 0.0
+    """PPO entropy bonus."""
+    kl_coef: float = 0.7
+    """KL coefficient of the main run (0.2 collapsed the policy onto a few answers per prompt family,
+    1.0 kept too little of the toxicity reduction: ``docs/demo_collapse.md``)."""
     max_new_tokens: int = 24
     """Longest completion."""
     hacking_steps: int = 120
@@ -72,6 +99,16 @@ class DemoConfig:
         at_least(self, "grpo_group_size", 2, integer=True)
         check(self, "grpo_group_size", self.ppo_batch_size % self.grpo_group_size == 0,
               f"a divisor of ppo_batch_size = {self.ppo_batch_size}")
+        one_of(self, "flagged", ("drop", "last"))
+        at_least(self, "reward_eval_every", 1, integer=True)
+        at_least(self, "reward_early_stopping", 0, integer=True)
+        in_range(self, "reward_label_smoothing", 0, 0.5, high_open=True)
+        at_least(self, "reward_members", 1, integer=True)
+        at_least(self, "monitor_members", 0, integer=True)
+        at_least(self, "uncertainty_coef", 0)
+        positive(self, "gap_threshold")
+        at_least(self, "kl_coef", 0)
+        at_least(self, "entropy_coef", 0)
 
     @classmethod
     def quick(cls) -> "DemoConfig":

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +21,14 @@ import numpy as np
 
 from rlhf_jax import feedback as fb
 from rlhf_jax import toyworld as tw
+from rlhf_jax.demo.claims import MONITOR, WINDOW
 from rlhf_jax.demo.config import DemoConfig
+from rlhf_jax.demo.plots import plot_hacking, plot_overoptimisation
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
-from rlhf_jax.scoring import ModelScorer, normalize_on_samples, save_reward_model
-from rlhf_jax.train import (GRPOConfig, OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, train_grpo,
-                            train_ppo, train_reward_model, train_sft)
+from rlhf_jax.scoring import EnsembleScorer, GapMonitor, ModelScorer, normalize_on_samples, save_reward_model
+from rlhf_jax.train import (GRPOConfig, OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, metric_stop,
+                            train_grpo, train_ppo, train_reward_ensemble, train_sft)
 
 
 class Stages:
@@ -90,28 +92,71 @@ def run_feedback(cfg: DemoConfig, world, mc, sft_params, out: str, stages: Stage
     stats = fb.ranked_stats(ranked)
     with open(os.path.join(fdir, "stats.txt"), "w") as f:
         f.write(report.summary() + "\n\n" + stats.format() + "\n")
-    pairs, pairs_report = fb.feedback_to_pairs(ranked)
+    pairs, pairs_report = fb.feedback_to_pairs(ranked, flagged=cfg.flagged)
     fb.save_pairs(pairs, os.path.join(fdir, "pairs.parquet"))
     stages.done("feedback", f"{len(ranked)} prompts x {cfg.label_samples} completions ranked by "
                             f"{cfg.labelers_per_prompt} labelers; {len(pairs)} pairs ({pairs_report.summary()})")
     return samples, ranked, stats, pairs, pairs_report, report
 
 
-def run_reward(cfg: DemoConfig, world, mc, sft_params, pairs, samples, out: str, stages: Stages, progress: bool):
+class RewardStage(NamedTuple):
+    """The reward models of the demo, normalised on the SFT model's samples."""
+
+    optimised: list
+    """The reward models PPO optimises (``reward_members``)."""
+    held_out: list
+    """The monitor's members, never optimised (``monitor_members``)."""
+    results: list
+    """Every member's :class:`rlhf_jax.train.RewardResult`, optimised first."""
+
+    @property
+    def main(self):
+        """The first optimised member's result (what the report's single-model lines show)."""
+        return self.results[0]
+
+    def scorer(self, mc, cfg: DemoConfig):
+        """The RL reward: the one reward model, or the members' mean minus ``uncertainty_coef`` x std."""
+        if len(self.optimised) == 1 and cfg.uncertainty_coef == 0:
+            return ModelScorer(mc, self.optimised[0])
+        return EnsembleScorer(mc, self.optimised, uncertainty_coef=cfg.uncertainty_coef)
+
+    def monitor(self, mc):
+        """``{"overopt_gap": GapMonitor}`` (:data:`rlhf_jax.demo.claims.MONITOR`), or ``{}`` without
+        monitor members."""
+        return {MONITOR: GapMonitor(mc, self.optimised, self.held_out)} if self.held_out else {}
+
+
+def reward_config(cfg: DemoConfig, out: str, progress: bool) -> RewardConfig:
+    """The reward-model training of the demo (every member: seed ``cfg.seed + k``, one split)."""
+    return RewardConfig(lora=cfg.reward_lora, batch_size=cfg.reward_batch_size, max_length=cfg.max_length,
+                        eval_fraction=0.2, eval_every=min(cfg.reward_eval_every, cfg.reward_steps),
+                        early_stopping=cfg.reward_early_stopping, label_smoothing=cfg.reward_label_smoothing,
+                        optim=OptimConfig(learning_rate=cfg.reward_learning_rate),
+                        run=RunConfig(max_steps=cfg.reward_steps, seed=cfg.seed, out_dir=os.path.join(out, "reward"),
+                                      progress=progress, resume="never"))
+
+
+def run_reward(cfg: DemoConfig, world, mc, sft_params, pairs, samples, out: str, stages: Stages,
+               progress: bool) -> RewardStage:
     tok = world.tokenizer
-    res = train_reward_model(mc, sft_params, tok, pairs, RewardConfig(
-        lora=cfg.reward_lora, batch_size=cfg.reward_batch_size, max_length=cfg.max_length, eval_fraction=0.2,
-        optim=OptimConfig(learning_rate=cfg.reward_learning_rate),
-        run=RunConfig(max_steps=cfg.reward_steps, seed=cfg.seed, out_dir=os.path.join(out, "reward"),
-                      progress=progress, resume="never")))
-    # normalise on the SFT model's own samples: mean 0, std 1
+    results = train_reward_ensemble(mc, sft_params, tok, pairs, reward_config(cfg, out, progress),
+                                    members=cfg.reward_members + cfg.monitor_members)
+    # normalise every member on the SFT model's own samples: mean 0, std 1 (one scale for all)
     flat_p = [p.text for p, s in zip(world.train_prompts, samples) for _ in s]
     flat_c = [c for s in samples for c in s]
-    rm, raw = normalize_on_samples(mc, res.reward_model, sft_params, tok, flat_p, flat_c, max_length=cfg.max_length)
-    save_reward_model(os.path.join(out, "reward", "model"), rm)
-    stages.done("reward", f"held-out pair accuracy {res.eval['eval_accuracy']:.3f}; normalised on "
-                          f"{len(raw)} SFT samples (gain {rm.gain:.3f}, bias {rm.bias:.3f})")
-    return rm, res
+    models = []
+    for k, res in enumerate(results):
+        rm, _ = normalize_on_samples(mc, res.reward_model, sft_params, tok, flat_p, flat_c, max_length=cfg.max_length)
+        # member 0 (the main reward model) in reward/model, the others in reward/member_k/model
+        save_reward_model(os.path.join(out, "reward", *(("model",) if k == 0 else (f"member_{k}", "model"))), rm)
+        models.append(rm)
+    stage = RewardStage(models[:cfg.reward_members], models[cfg.reward_members:], results)
+    accs = ", ".join(f"{r.eval['eval_accuracy']:.3f}" for r in results)
+    train = ", ".join(f"{r.eval.get('train_accuracy', float('nan')):.3f}" for r in results)
+    stages.done("reward", f"{len(results)} reward models ({cfg.reward_members} optimised, {cfg.monitor_members} "
+                          f"held out for the monitor); held-out pair accuracy {accs}; train accuracy {train}; "
+                          f"stopped at steps {[r.best_step or len(r.history) for r in results]}")
+    return stage
 
 
 def repeat_rate(text: str) -> float:
@@ -130,27 +175,32 @@ def gold_scorers() -> dict:
             "repetition": lambda ps, cs: [repeat_rate(c) for c in cs]}
 
 
-def run_ppo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, name: str, *, kl_coef: float, steps: int,
-            stages: Stages, progress: bool):
-    res = train_ppo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts], ModelScorer(mc, rm),
+def run_ppo(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage, out: str, name: str, *, kl_coef: float,
+            steps: int, stages: Stages, progress: bool):
+    res = train_ppo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts], rewards.scorer(mc, cfg),
                     PPOConfig(policy_lora=cfg.policy_lora, critic_init="reward", batch_size=cfg.ppo_batch_size,
                               mini_batch_size=cfg.ppo_batch_size // 2,
                               sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), kl_coef=kl_coef,
-                              optim=OptimConfig(learning_rate=cfg.ppo_learning_rate),
+                              entropy_coef=cfg.entropy_coef, optim=OptimConfig(learning_rate=cfg.ppo_learning_rate),
                               run=RunConfig(max_steps=steps, seed=cfg.seed, out_dir=os.path.join(out, name),
                                             progress=progress, resume="never")),
-                    monitors=gold_scorers())
+                    monitors={**gold_scorers(), **rewards.monitor(mc)},
+                    stop=metric_stop(MONITOR, cfg.gap_threshold, window=WINDOW, name="over-optimisation gap")
+                    if cfg.stop_on_gap and rewards.held_out else None)
     h = res.history
     stages.done(name, f"score {np.mean([r['score'] for r in h[:3]]):.3f} -> {np.mean([r['score'] for r in h[-3:]]):.3f}, "
                       f"KL {h[-1]['kl']:.3f} after {len(h)} steps")
     return res
 
 
-def run_grpo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, *, stages: Stages, progress: bool):
-    """GRPO on the same reward model, KL coefficient, learning rate and episodes per step as the
-    KL-penalised PPO run: ``ppo_batch_size / G`` prompts x ``G`` completions, two minibatch updates."""
+def run_grpo(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage, out: str, *, stages: Stages,
+             progress: bool):
+    """GRPO on the same reward (the optimised reward models), KL coefficient, learning rate and
+    episodes per step as the KL-penalised PPO run: ``ppo_batch_size / G`` prompts x ``G``
+    completions, two minibatch updates."""
     g = cfg.grpo_group_size
-    res = train_grpo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts], ModelScorer(mc, rm),
+    res = train_grpo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts],
+                     rewards.scorer(mc, cfg),
                      GRPOConfig(policy_lora=cfg.policy_lora, batch_size=cfg.ppo_batch_size // g, group_size=g,
                                 kl_coef=cfg.kl_coef,
                                 mini_batch_size=cfg.ppo_batch_size // 2 if cfg.ppo_batch_size % 2 == 0 else None,
@@ -165,8 +215,8 @@ def run_grpo(cfg: DemoConfig, world, mc, sft_params, rm, out: str, *, stages: St
     return res
 
 
-def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, out: str, stages: Stages,
-                   progress: bool):
+def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage, policies: dict, out: str,
+                   stages: Stages, progress: bool):
     from rlhf_jax.evaluate import EvalConfig, ModelSpec, evaluate
 
     ref = ModelSpec("sft", mc, sft_params)
@@ -175,7 +225,7 @@ def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, o
     report = evaluate(models, reference=ref, tokenizer=world.tokenizer, prompts=prompts,
                       config=EvalConfig(sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
                                         samples_per_prompt=cfg.eval_samples, seed=cfg.seed + 7, progress=progress),
-                      reward=ModelScorer(mc, rm), toxicity=world.toxicity.prob_toxic,
+                      reward=rewards.scorer(mc, cfg), toxicity=world.toxicity.prob_toxic,
                       scorers=gold_scorers(), on_topic=tw.on_topic_scores, groups=tw.prompt_family)
     edir = os.path.join(out, "eval")
     os.makedirs(edir, exist_ok=True)
@@ -184,30 +234,6 @@ def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rm, policies: dict, o
     report.plot(os.path.join(edir, "eval.png"))
     stages.done("evaluate", f"{len(prompts)} held-out prompts x {cfg.eval_samples} samples x {len(models)} models")
     return report
-
-
-def plot_hacking(histories: dict[str, list[dict]], path: str) -> str:
-    """Proxy reward (the reward model) against the gold rubric over the RL steps, per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
-    for name, h in histories.items():
-        steps = [r["step"] for r in h]
-        for ax, key in zip(axes, ("score", "gold", "kl", "repetition")):
-            ax.plot(steps, [r[key] for r in h], label=name, lw=1.5)
-            ax.set_title({"score": "proxy reward (reward model)", "gold": "gold rubric (hidden)",
-                          "kl": "KL(policy || reference) per sequence",
-                          "repetition": "repeated words per completion (hidden)"}[key])
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress: bool = True) -> dict:
@@ -225,26 +251,28 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
     if len(pairs) < 2 * cfg.reward_batch_size:
         raise RuntimeError(f"only {len(pairs)} preference pairs came out of the labeling ({pairs_report.summary()}); "
                            "the SFT model is too weak: raise sft_steps")
-    rm, rm_res = run_reward(cfg, world, mc, sft.params, pairs, samples, out, stages, progress)
-    ppo = run_ppo(cfg, world, mc, sft.params, rm, out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
+    rewards = run_reward(cfg, world, mc, sft.params, pairs, samples, out, stages, progress)
+    ppo = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
                   stages=stages, progress=progress)
-    hack = run_ppo(cfg, world, mc, sft.params, rm, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
+    hack = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
                    stages=stages, progress=progress)
-    grpo = run_grpo(cfg, world, mc, sft.params, rm, out, stages=stages, progress=progress) if cfg.grpo_steps else None
-    curves = {"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history}
+    grpo = run_grpo(cfg, world, mc, sft.params, rewards, out, stages=stages, progress=progress) if cfg.grpo_steps else None
+    runs = {"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history}
     policies = {"ppo": ppo.state.params["policy"], "ppo_no_kl": hack.state.params["policy"]}
     if grpo is not None:
-        curves["grpo (KL %.2g)" % cfg.kl_coef] = grpo.history
+        runs["grpo (KL %.2g)" % cfg.kl_coef] = grpo.history
         policies["grpo"] = grpo.state.params
-    plot_hacking(curves, os.path.join(out, "reward_hacking.png"))
-    report = run_evaluation(cfg, world, mc, sft.params, rm, policies, out, stages, progress)
+    plot_hacking(runs, os.path.join(out, "reward_hacking.png"))
+    if rewards.held_out:
+        plot_overoptimisation(runs, os.path.join(out, "overoptimisation.png"), key=MONITOR, threshold=cfg.gap_threshold,
+                              window=WINDOW)
+    report = run_evaluation(cfg, world, mc, sft.params, rewards, policies, out, stages, progress)
     save_hf_folder(os.path.join(out, "export", "sft"), mc, sft.params, tokenizer=world.tokenizer)
     policy = ppo.state.params["policy"]
     save_hf_folder(os.path.join(out, "export", "ppo_policy"), mc, sft.params, tokenizer=world.tokenizer,
                    lora=policy.tree, lora_config=policy.config)
     stages.done("export", f"Hugging Face folders in {out}/export (sft, ppo_policy merged)")
     summary = write_report(out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
-                           validation=val_report, rm_res=rm_res, rm=rm, ppo=ppo, hack=hack, report=report,
-                           grpo=grpo)
+                           validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report, grpo=grpo)
     stages.done("report", f"{out}/report.md")
     return summary

@@ -1,22 +1,8 @@
-"""The demo's report: what each stage measured, and the claims checked against the numbers.
-
-Each claim needs a run big enough to show it; below that size its result is *not checked at this
-size* (its measured numbers are still printed), never a PASS or FAIL that the size decides:
-
-- Before/after claims on held-out prompts need :data:`MIN_EVAL_PROMPTS` evaluation prompts: the
-  SFT model's toxic rate is about 0.25, so halving it is a change of about 0.12, and the 95%
-  interval of a paired per-prompt difference is about ``1.96 * 0.35 / sqrt(P)`` wide on each side
-  (per-prompt standard deviation ~0.35 with 4 samples): 0.07 at 100 prompts, 0.17 at the
-  miniature's 16. They also need :data:`MIN_PPO_STEPS` PPO steps: a LoRA policy starts equal to
-  the reference (B = 0), and 3 steps leave it there (KL ~0), so "after" is "before".
-- The KL claim needs both runs to have trained (:data:`MIN_PPO_STEPS` each) and the same
-  evaluation size.
-- The reward-hacking claims compare the last 5 steps of the two runs and the held-out scores
-  after them; over-optimising the proxy shows late, so the run without KL needs
-  :data:`MIN_HACKING_STEPS` steps (half of the full run's 120), the KL run :data:`MIN_PPO_STEPS`.
+"""The demo's report: what each stage measured, and the claims (:mod:`rlhf_jax.demo.claims`)
+checked against the numbers.
 
 ``rlhf-jax demo --quick`` (:meth:`DemoConfig.quick`, 16 prompts, 3 + 3 PPO steps) shows that the
-stages connect; its report says so in its header and checks none of these claims.
+stages connect; its report says so in its header and checks none of the claims.
 """
 
 from __future__ import annotations
@@ -25,91 +11,15 @@ import dataclasses
 import json
 import os
 import platform
-from typing import NamedTuple
-
 import numpy as np
 
+from rlhf_jax.demo.claims import (MIN_EVAL_PROMPTS, MIN_HACKING_STEPS, MIN_PPO_STEPS, MONITOR, NOT_CHECKED, Claim,
+                                  claims, monitor_timing, run_sizes)
 from rlhf_jax.demo.config import DemoConfig
 from rlhf_jax.evaluate import compare, format_comparison
 
-MIN_EVAL_PROMPTS = 100
-"""Held-out prompts a before/after claim needs (see the module docstring)."""
-MIN_PPO_STEPS = 20
-"""PPO steps of the KL-penalised run (and of the no-KL run, for the KL claim) a claim needs."""
-MIN_HACKING_STEPS = 60
-"""PPO steps of the no-KL run the reward-hacking claims need."""
-NOT_CHECKED = "not checked at this size"
-"""The result of a claim whose run is too small to show it."""
-
 MAIN_METRICS = ("reward", "gold", "on_topic", "toxicity", "toxic_rate", "hype", "repetition", "kl", "length")
 """The metrics of the per-family table, those present in the evaluation, in this order."""
-
-
-class Claim(NamedTuple):
-    """One claim of the demo, what the numbers say, and whether the run could show it."""
-
-    claim: str
-    """What is claimed."""
-    ok: bool
-    """Whether the measured numbers agree (whatever the size)."""
-    measured: str
-    """The evidence, measured in this run."""
-    needs: dict[str, int]
-    """Size -> the least this claim needs, e.g. ``{"held-out prompts": 100}``."""
-    sizes: dict[str, int]
-    """Size -> what this run had."""
-
-    @property
-    def checked(self) -> bool:
-        """Whether the run reaches every size the claim needs."""
-        return all(self.sizes[k] >= v for k, v in self.needs.items())
-
-    @property
-    def result(self) -> str:
-        """``"PASS"``, ``"FAIL"`` or :data:`NOT_CHECKED`."""
-        return NOT_CHECKED if not self.checked else "PASS" if self.ok else "FAIL"
-
-    def shortfall(self) -> str:
-        """What is missing, e.g. ``"needs >= 20 PPO steps (this run: 3)"``; ``""`` when checked."""
-        return "; ".join(f"needs >= {v} {k} (this run: {self.sizes[k]})" for k, v in self.needs.items()
-                         if self.sizes[k] < v)
-
-
-def run_sizes(report, ppo_hist, hack_hist) -> dict[str, int]:
-    """The sizes the claims depend on, as this run had them."""
-    return {"held-out prompts": len(report.prompts), "PPO steps": len(ppo_hist), "no-KL PPO steps": len(hack_hist)}
-
-
-def claims(report, ppo_hist, hack_hist) -> list[Claim]:
-    """The demo's claims, each with its measured evidence (nothing hard-coded) and the sizes it needs."""
-    m = report.means()
-    sizes = run_sizes(report, ppo_hist, hack_hist)
-    after = {"held-out prompts": MIN_EVAL_PROMPTS, "PPO steps": MIN_PPO_STEPS}
-    both = {**after, "no-KL PPO steps": MIN_PPO_STEPS}
-    hacking = {**after, "no-KL PPO steps": MIN_HACKING_STEPS}
-    tox_ratio = m["ppo"]["toxic_rate"] / max(m["sft"]["toxic_rate"], 1e-9)
-    late = lambda h, k: float(np.mean([r[k] for r in h[-5:]]))  # noqa: E731
-    rows = [
-        ("toxicity rate after PPO is at most half the SFT model's (exact lexicon)", tox_ratio <= 0.5,
-         f"{m['sft']['toxic_rate']:.3f} -> {m['ppo']['toxic_rate']:.3f} (x{tox_ratio:.2f})", after),
-        ("classifier P(toxic) goes down", m["ppo"]["toxicity"] < m["sft"]["toxicity"],
-         f"{m['sft']['toxicity']:.3f} -> {m['ppo']['toxicity']:.3f}", after),
-        ("gold score goes up", m["ppo"]["gold"] > m["sft"]["gold"], f"{m['sft']['gold']:.3f} -> {m['ppo']['gold']:.3f}",
-         after),
-        ("reward goes up", m["ppo"]["reward"] > m["sft"]["reward"],
-         f"{m['sft']['reward']:.3f} -> {m['ppo']['reward']:.3f}", after),
-        ("KL to the reference stays bounded (below the no-KL run's)", m["ppo"]["kl"] < m["ppo_no_kl"]["kl"],
-         f"KL run {m['ppo']['kl']:.2f} nats vs no-KL run {m['ppo_no_kl']['kl']:.2f}", both),
-        ("reward hacking: without KL the proxy reward ends higher while the gold score ends lower",
-         late(hack_hist, "score") > late(ppo_hist, "score") and m["ppo_no_kl"]["gold"] < m["ppo"]["gold"],
-         f"proxy (last 5 steps) {late(ppo_hist, 'score'):.3f} (KL) vs {late(hack_hist, 'score'):.3f} (no KL); "
-         f"held-out gold {m['ppo']['gold']:.3f} vs {m['ppo_no_kl']['gold']:.3f}", hacking),
-        ("reward hacking: hype or repetition grows without KL",
-         m["ppo_no_kl"]["hype"] > m["ppo"]["hype"] or m["ppo_no_kl"]["repetition"] > m["ppo"]["repetition"],
-         f"hype words {m['ppo']['hype']:.2f} vs {m['ppo_no_kl']['hype']:.2f}; repeated words "
-         f"{m['ppo']['repetition']:.3f} vs {m['ppo_no_kl']['repetition']:.3f} (KL vs no KL)", hacking),
-    ]
-    return [Claim(c, bool(ok), ev, needs, sizes) for c, ok, ev, needs in rows]
 
 
 def header(cfg, out: str, checked: list[Claim], seconds: float) -> list[str]:
@@ -212,10 +122,68 @@ def grpo_section(report, cfg, ppo, grpo) -> list[str]:
             format_comparison(compare(report, before="ppo", after="grpo"), "ppo", "grpo"), ""]
 
 
-def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation, rm_res, rm, ppo, hack, report,
+def reward_section(cfg, rewards, agreements: list[float]) -> list[str]:
+    """The reward models: train vs held-out accuracy of each (the gap shows overfitting), where
+    each stopped, its normalisation, and how the RL reward and the monitor use them."""
+    n_opt = len(rewards.optimised)
+    rows = []
+    for k, (res, rm) in enumerate(zip(rewards.results, [*rewards.optimised, *rewards.held_out])):
+        e = res.eval
+        steps = f"{res.best_step} (best of {len(res.history)})" if res.best_step is not None else str(len(res.history))
+        rows.append(f"| {k} | {'optimised' if k < n_opt else 'held out (monitor)'} | {cfg.seed + k} | {steps} | "
+                    f"{e.get('train_accuracy', float('nan')):.3f} | {e['eval_accuracy']:.3f} | "
+                    f"{e.get('train_loss', float('nan')):.3f} | {e['eval_loss']:.3f} | {float(rm.gain):.4f} | "
+                    f"{float(rm.bias):.4f} |")
+    held = [r.eval["eval_accuracy"] for r in rewards.results]
+    if n_opt == 1 and cfg.uncertainty_coef == 0:
+        how = "PPO optimises reward model 0."
+    else:
+        how = (f"PPO optimises the mean of reward models 0-{n_opt - 1} minus {cfg.uncertainty_coef:g} times their "
+               "standard deviation (scored in one pass over the shared base).")
+    if rewards.held_out:
+        how += (f" Reward models {n_opt}-{len(rewards.results) - 1} are never optimised: the over-optimisation monitor "
+                "logs the gap between the optimised reward and their mean during PPO.")
+    return ["## Reward models", "",
+            f"{len(rewards.results)} reward models (LoRA rank {cfg.reward_lora.rank} + score head over the SFT base), "
+            f"the same pairs and held-out split, seeds {cfg.seed}-{cfg.seed + len(rewards.results) - 1} (their own "
+            f"initialisation and data order); label smoothing {cfg.reward_label_smoothing:g}; "
+            + (f"early stopping after {cfg.reward_early_stopping} evaluations (every {cfg.reward_eval_every} steps) "
+               f"without a better held-out accuracy, the best state kept; " if cfg.reward_early_stopping else
+               f"{cfg.reward_steps} steps; ")
+            + f"train accuracy on as many training pairs as are held out. Held-out pair accuracy "
+            f"**{np.mean(held):.3f}** (mean), next to the labelers' own agreement with their consensus: mean "
+            f"{np.mean(agreements):.3f} (range {min(agreements):.3f}-{max(agreements):.3f}). Each is normalised to "
+            "mean "
+            "0 / std 1 on the SFT model's samples.", "",
+            "| model | role | seed | steps kept | train accuracy | held-out accuracy | train loss | held-out loss | "
+            "gain | bias |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "", how, ""]
+
+
+def monitor_section(cfg, ppo_hist, hack_hist) -> list[str]:
+    """The over-optimisation monitor's figure and when it moved."""
+    if not (ppo_hist and hack_hist and MONITOR in ppo_hist[0] and MONITOR in hack_hist[0]):
+        return []
+    t = monitor_timing(ppo_hist, hack_hist, cfg.gap_threshold)
+    gold = (f"its gold score fell 1 point below its start at step {t.gold_step}" if t.gold_step is not None
+            else "its gold score never fell 1 point below its start")
+    gap = (f"reached the stop threshold {cfg.gap_threshold:g} at step {t.gap_step}" if t.gap_step is not None
+           else f"never reached the stop threshold {cfg.gap_threshold:g}")
+    return ["### Over-optimisation monitor", "",
+            "Each PPO step's rollouts are also scored by the held-out reward models; the monitor is the optimised "
+            "reward minus their mean (no gold labels needed). Without KL the correlation of the gap and the gold "
+            f"score (5-step means) was {t.correlation:+.2f}; the gap {gap} and {gold}"
+            + (" (the monitor warned first)" if t.warned_first() else " (the monitor lagged the gold damage)")
+            + f"; with KL the gap stayed at most {t.kl_max_gap:.2f}. Last 5 steps: "
+            f"{t.late_gap[0]:.2f} (KL) vs {t.late_gap[1]:.2f} (no KL). "
+            + ("The runs were stopped by the rule (`stop_on_gap`)." if cfg.stop_on_gap else
+               "Both runs ran in full; `stop_on_gap` would stop a run at the threshold."), "",
+            "![over-optimisation](overoptimisation.png)", ""]
+
+
+def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation, rewards, ppo, hack, report,
                  grpo=None) -> dict:
     agreements = [r.agreement for r in stats.table.rows if r.agreement is not None]
-    checked = claims(report, ppo.history, hack.history)
+    checked = claims(report, ppo.history, hack.history, gap_threshold=cfg.gap_threshold)
     total = sum(stages.durations.values())
     lines = [
         *header(cfg, out, checked, total),
@@ -228,15 +196,13 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         f"{sft.eval.get('eval_perplexity', float('nan')):.3f}. Curves: `sft/sft_curves.png`.", "",
         "## Human feedback (simulated labelers)", "",
         f"Validation: {validation.summary()}", "", "```", stats.format(), "```", "",
-        "## Reward model", "",
-        f"Held-out pair accuracy **{rm_res.eval['eval_accuracy']:.3f}**, next to the labelers' own agreement with "
-        f"their consensus: mean {np.mean(agreements):.3f} (range {min(agreements):.3f}-{max(agreements):.3f}). "
-        f"Normalised on the SFT model's samples: gain {rm.gain:.4f}, bias {rm.bias:.4f}.", "",
+        *reward_section(cfg, rewards, agreements),
         "## PPO", "",
         f"KL-penalised run: {len(ppo.history)} steps, beta {cfg.kl_coef}; no-KL run: {len(hack.history)} steps. "
         "![curves](ppo/ppo_curves.png)", "",
         "Reward hacking (proxy reward vs the hidden gold rubric over PPO steps):", "",
         "![hacking](reward_hacking.png)", "",
+        *monitor_section(cfg, ppo.history, hack.history),
         *evaluation_section(report),
         *grpo_section(report, cfg, ppo, grpo),
         *family_section(report),
@@ -252,7 +218,9 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         "stages_seconds": stages.durations,
         "sft": {"final_loss": sft.history[-1]["loss"], **sft.eval},
         "labeler_agreement": {r.labeler: r.agreement for r in stats.table.rows},
-        "reward_model": rm_res.eval,
+        "reward_model": rewards.main.eval,
+        "reward_models": [{"role": "optimised" if k < len(rewards.optimised) else "held_out", "best_step": r.best_step,
+                           "steps": len(r.history), **r.eval} for k, r in enumerate(rewards.results)],
         "ppo_last": ppo.history[-1], "ppo_no_kl_last": hack.history[-1],
         **({"grpo_last": grpo.history[-1]} if grpo is not None else {}),
         "evaluation": report.means(),
@@ -262,3 +230,8 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     return summary
+
+
+__all__ = ["MAIN_METRICS", "MIN_EVAL_PROMPTS", "MIN_HACKING_STEPS", "MIN_PPO_STEPS", "NOT_CHECKED", "Claim", "claims",
+           "claims_section", "evaluation_section", "family_section", "header", "monitor_section", "reward_section",
+           "run_sizes", "write_report"]

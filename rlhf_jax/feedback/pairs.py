@@ -2,7 +2,11 @@
 
 A prompt with n completions gives n-choose-2 pairs. A pair whose two completions tie in the
 consensus, or that involves a completion flagged by the consensus, is dropped and counted, so that
-``pairs + tied_pairs + flagged_pairs == n(n-1)/2`` for every prompt.
+``pairs + tied_pairs + flagged_pairs == n(n-1)/2`` for every prompt. With ``flagged="last"`` a
+flagged completion is instead ranked below every unflagged completion of its prompt (a flag says
+"worse than anything ranked", as in the consensus): each (unflagged, flagged) pair is kept with the
+flagged one rejected, and only pairs of two flagged completions are dropped. The reward model then
+learns that nonsense and off-topic answers are bad, which it cannot from pairs that leave them out.
 
 The output is a `datasets.Dataset` with columns ``prompt_id, prompt, chosen, rejected,
 agreement, margin`` (see `rlhf_jax.feedback.storage.PAIR_FEATURES`). When the prompts are message
@@ -35,26 +39,47 @@ class RankingPairs:
     """Pairs dropped because both completions have the same rank."""
 
     flagged_pairs: int
-    """Pairs dropped because at least one completion is flagged (rank None)."""
+    """Pairs dropped because at least one completion is flagged (rank None); with
+    ``flagged="last"``, because both are."""
+
+    flagged_last_pairs: int = 0
+    """Pairs kept with a flagged completion rejected (``flagged="last"``); the last of ``pairs``."""
 
 
-def ranking_to_pairs(ranks: Sequence[int | float | None]) -> RankingPairs:
+FLAGGED = ("drop", "last")
+"""What pairs do with a flagged completion: ``"drop"`` the pairs, or rank it ``"last"``."""
+
+
+def _check_flagged(flagged: str) -> None:
+    if flagged not in FLAGGED:
+        raise ValueError(f"flagged must be one of {FLAGGED}, got {flagged!r}")
+
+
+def ranking_to_pairs(ranks: Sequence[int | float | None], *, flagged: str = "drop") -> RankingPairs:
     """All n-choose-2 pairs of a ranking, preferred completion first.
 
     Args:
       ranks: rank per completion, smaller = better, equal = tie, None = flagged.
+      flagged: ``"drop"`` pairs with a flagged completion, or rank flagged completions ``"last"``
+        (below every ranked one; two flagged completions form no pair).
 
     Returns:
-      The strict pairs ordered by (chosen rank, rejected rank, indices), and the dropped counts.
+      The strict pairs ordered by (chosen rank, rejected rank, indices), then with
+      ``flagged="last"`` the (ranked, flagged) pairs by indices; and the dropped counts.
     """
+    _check_flagged(flagged)
     n = len(ranks)
     ranked = sorted((r, i) for i, r in enumerate(ranks) if r is not None)
     pairs = [(i, j) for a, (ri, i) in enumerate(ranked) for rj, j in ranked[a + 1:] if ri < rj]
     n_ranked = len(ranked)
     total = n * (n - 1) // 2
     ranked_pairs = n_ranked * (n_ranked - 1) // 2
-    return RankingPairs(pairs=tuple(pairs), tied_pairs=ranked_pairs - len(pairs),
-                        flagged_pairs=total - ranked_pairs)
+    strict = len(pairs)
+    if flagged == "last":
+        pairs += [(i, j) for _, i in sorted(ranked, key=lambda x: x[1]) for j in range(n) if ranks[j] is None]
+    last = len(pairs) - strict
+    return RankingPairs(pairs=tuple(pairs), tied_pairs=ranked_pairs - strict,
+                        flagged_pairs=total - ranked_pairs - last, flagged_last_pairs=last)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +100,9 @@ class PairsReport:
 
     flagged_completions: int = 0
     """Completions flagged by the consensus (ranked feedback)."""
+
+    flagged_last_pairs: int = 0
+    """Pairs kept with a flagged completion rejected (``flagged="last"``)."""
 
     prompts_without_pairs: int = 0
     """Prompts that produced no pair at all."""
@@ -110,22 +138,25 @@ def reply(prompt: Prompt, completion: str) -> str | tuple[Message, ...]:
     return (Message(role="assistant", content=completion),)
 
 
-def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, PairsReport]:
+def consensus_to_pairs(result: ConsensusResult, *, flagged: str = "drop") -> tuple[datasets.Dataset, PairsReport]:
     """Pairs from an already built consensus; see `feedback_to_pairs`."""
+    _check_flagged(flagged)
     rows: list[PairRecord] = []
-    tied = flagged_pairs = flagged = empty = identical = clipped = 0
+    tied = flagged_pairs = flagged_last = flagged_count = empty = identical = clipped = 0
     for pc in result.prompts:
-        rp = ranking_to_pairs(pc.ranks)
+        rp = ranking_to_pairs(pc.ranks, flagged=flagged)
         tied += rp.tied_pairs
         flagged_pairs += rp.flagged_pairs
-        flagged += sum(r is None for r in pc.ranks)
+        flagged_last += rp.flagged_last_pairs
+        flagged_count += sum(r is None for r in pc.ranks)
         empty += not rp.pairs
         n_lab = len(pc.labelers)
+        below = sum(r is not None for r in pc.ranks) + 1  # a flagged completion's rank for every labeler
         for c, r in rp.pairs:
             if pc.completions[c] == pc.completions[r]:
                 identical += 1
                 continue
-            gaps = [v[r] - v[c] for v in pc.labeler_ranks]  # type: ignore[operator]
+            gaps = [(below if v[r] is None else v[r]) - v[c] for v in pc.labeler_ranks]  # type: ignore[operator]
             margin = sum(gaps) / n_lab
             clipped += margin < 0
             rows.append(PairRecord(
@@ -135,7 +166,8 @@ def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, Pairs
                 agreement=sum(g > 0 for g in gaps) / n_lab, margin=max(margin, 0.0)))
     report = PairsReport(
         prompts=len(result.prompts) + len(result.prompts_without_labelers), pairs=len(rows),
-        tied_pairs=tied, flagged_pairs=flagged_pairs, flagged_completions=flagged,
+        tied_pairs=tied, flagged_pairs=flagged_pairs, flagged_completions=flagged_count,
+        flagged_last_pairs=flagged_last,
         prompts_without_pairs=empty + len(result.prompts_without_labelers),
         excluded_labelers=result.excluded_labelers,
         prompts_without_labelers=len(result.prompts_without_labelers), identical_pairs=identical,
@@ -144,12 +176,15 @@ def consensus_to_pairs(result: ConsensusResult) -> tuple[datasets.Dataset, Pairs
 
 
 def feedback_to_pairs(records: Sequence[RankedFeedback], *,
-                      config: ConsensusConfig = ConsensusConfig()
+                      config: ConsensusConfig = ConsensusConfig(), flagged: str = "drop"
                       ) -> tuple[datasets.Dataset, PairsReport]:
     """Ranked feedback to a pairs dataset, through the labelers' consensus.
 
     Each prompt's consensus ranking (`rlhf_jax.feedback.consensus.build_consensus`) gives its
-    n-choose-2 pairs, preferred first; tied and flagged pairs are dropped and counted.
+    n-choose-2 pairs, preferred first; tied pairs are dropped and counted, and so are pairs with
+    a flagged completion unless ``flagged="last"`` ranks flagged completions below every other
+    (module docstring; their margin takes the flagged completion's rank as one below the last,
+    for every labeler).
 
     Columns: ``agreement`` is the fraction of the prompt's (non-excluded) labelers who ranked
     chosen strictly above rejected; ``margin`` is the mean over those labelers of
@@ -161,7 +196,7 @@ def feedback_to_pairs(records: Sequence[RankedFeedback], *,
 
     Message-list prompts give conversational pairs (module docstring).
     """
-    return consensus_to_pairs(build_consensus(records, config=config))
+    return consensus_to_pairs(build_consensus(records, config=config), flagged=flagged)
 
 
 def binary_to_pairs(records: Sequence[BinaryFeedback]) -> tuple[datasets.Dataset, PairsReport]:

@@ -3,7 +3,6 @@ samples K completions per prompt of a prompts file (through the public sampling 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterator
 
@@ -12,20 +11,17 @@ from rlhf_jax.label.records import PromptItem
 
 
 def _rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    from rlhf_jax.data.errors import DataError
+    from rlhf_jax.data.sources import read_jsonl
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise LabelError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise LabelError(f"{path}:{line}: invalid JSON ({e.msg}, column {e.colno})") from e
-            if not isinstance(obj, dict):
-                raise LabelError(f"{path}:{line}: expected a JSON object")
-            yield line, obj
+    try:
+        rows = read_jsonl(path)
+    except DataError as e:
+        raise LabelError(str(e)) from e
+    yield from zip(rows.lines, rows.rows)
 
 
 def _prompt_id(path, line: int, obj: dict, seen: dict[str, int]) -> str:

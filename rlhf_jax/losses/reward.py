@@ -22,6 +22,14 @@ def _all_true(x: Array) -> Array:
     return jnp.ones(jnp.shape(x), dtype=bool)
 
 
+def _smoothed_nll(z: Array, eps: float) -> Array:
+    """``-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)`` (``eps = 0``: ``-log sigmoid(z)``)."""
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {eps}")
+    nll = -jax.nn.log_sigmoid(z)
+    return nll if eps == 0.0 else (1.0 - eps) * nll - eps * jax.nn.log_sigmoid(-z)
+
+
 def bradley_terry_loss(
     r_chosen: Float[Array, "B"],
     r_rejected: Float[Array, "B"],
@@ -29,16 +37,22 @@ def bradley_terry_loss(
     *,
     margin: float | Float[Array, "B"] | None = None,
     center_coef: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """Pairwise Bradley-Terry reward-model loss, mean over pairs.
 
-        L = mean_b [-log sigmoid(r_c - r_r - m)] + c * mean_b [(r_c + r_r)^2]
+        L = mean_b [-(1 - e) log sigmoid(z_b) - e log sigmoid(-z_b)] + c * mean_b [(r_c + r_r)^2]
+        z_b = r_c - r_r - m
 
     The first term is the negative log-likelihood of the preference under the Bradley-Terry model
     (Bradley & Terry 1952; Stiennon et al. 2020; Ouyang et al. 2022). ``m`` is an optional margin
-    (Llama 2, Touvron et al. 2023: larger for stronger preferences). The second term, with
-    coefficient ``c = center_coef``, keeps rewards centred on 0 (Eisenstein et al. 2023, as in
-    TRL's ``center_rewards_coefficient``).
+    (Llama 2, Touvron et al. 2023: larger for stronger preferences). ``e = label_smoothing`` says
+    each label is wrong with probability ``e`` (the cross-entropy against the soft target
+    ``1 - e``, as cDPO does for DPO): the loss is then smallest at ``z = log((1 - e) / e)``
+    instead of growing without bound, so a reward model cannot drive its training pairs to
+    certainty (e = 0.1: the optimum is z = log 9 = 2.197). The second term, with coefficient
+    ``c = center_coef``, keeps rewards centred on 0 (Eisenstein et al. 2023, as in TRL's
+    ``center_rewards_coefficient``).
 
     Args:
       r_chosen: ``[B]`` scores of the preferred completions.
@@ -46,6 +60,7 @@ def bradley_terry_loss(
       mask: optional ``[B]`` validity of each pair (for padded batches); default all valid.
       margin: scalar or ``[B]`` margin ``m``; ``None`` means 0.
       center_coef: coefficient ``c`` of the centring term.
+      label_smoothing: ``e`` in ``[0, 0.5)``; 0 is the plain Bradley-Terry loss.
 
     Returns:
       ``(loss, metrics)`` with metrics ``bt_loss`` (the first term), ``center_loss`` (the
@@ -63,7 +78,7 @@ def bradley_terry_loss(
     rc, rr = jnp.where(keep, rc, 0.0), jnp.where(keep, rr, 0.0)  # padding may hold garbage
     diff = rc - rr
     logits = diff if margin is None else jnp.where(keep, diff - as_float(margin), 0.0)
-    bt = masked_mean(-jax.nn.log_sigmoid(logits), mask)
+    bt = masked_mean(_smoothed_nll(logits, label_smoothing), mask)
     center = masked_mean(jnp.square(rc + rr), mask)
     loss = bt + center_coef * center
     metrics = {
@@ -81,6 +96,8 @@ def ranking_loss(
     scores: Float[Array, "B K"],
     ranks: Int[Array, "B K"],
     valid: Shaped[Array, "B K"] | None = None,
+    *,
+    label_smoothing: float = 0.0,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """InstructGPT K-way ranking loss (Ouyang et al. 2022, eq. 1), mean over prompts.
 
@@ -96,6 +113,9 @@ def ranking_loss(
       scores: ``[B, K]`` reward-model scores of K completions per prompt.
       ranks: ``[B, K]`` integer ranks, 1 = best, ties allowed.
       valid: optional ``[B, K]`` mask of real completions (K may be padded); default all valid.
+      label_smoothing: ``e`` in ``[0, 0.5)``: each ordered pair's term becomes
+        ``-(1 - e) log sigmoid(s_bi - s_bj) - e log sigmoid(s_bj - s_bi)``, as in
+        :func:`bradley_terry_loss`.
 
     Returns:
       ``(loss, metrics)`` with metrics ``accuracy`` (fraction of all ordered pairs scored in the
@@ -112,7 +132,7 @@ def ranking_loss(
     # better[b, i, j]: completion i is strictly preferred to completion j, both valid.
     better = (ranks[:, :, None] < ranks[:, None, :]) & v[:, :, None] & v[:, None, :]
     diff = s[:, :, None] - s[:, None, :]
-    pair_loss = -jax.nn.log_sigmoid(diff)
+    pair_loss = _smoothed_nll(diff, label_smoothing)
     per_prompt = masked_mean(pair_loss, better, axis=(1, 2))
     has_pairs = jnp.any(better, axis=(1, 2))
     loss = masked_mean(per_prompt, has_pairs)

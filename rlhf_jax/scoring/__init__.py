@@ -1,11 +1,14 @@
 """Rewards: reward models (scores, normalisation, save/load, the critic built from them) and the
 scorer protocol every RL algorithm's driver takes (reward models, Python functions, weighted
-sums). Sits below ``train/`` and ``evaluate/``; knows nothing of trainers."""
+sums, reward-model ensembles scored in one pass and the over-optimisation monitor). Sits below
+``train/`` and ``evaluate/``; knows nothing of trainers."""
 
 from rlhf_jax.scoring.functions import (exact_match, length_target, normalize_answer, overlong_penalty, regex_match,
                                         torch_classifier)
 from rlhf_jax.scoring.hf_classifier import (HFClassifier, HFClassifierScorer, classifier_architecture,
                                             hf_classifier_scores, load_hf_classifier)
+from rlhf_jax.scoring.ensemble import (EnsembleScorer, GapMonitor, ensemble_raw_scores, ensemble_scores,
+                                       penalised_mean)
 from rlhf_jax.scoring.io import load_reward_model, model_kind, save_reward_model
 from rlhf_jax.scoring.loading import build_scorer, load_function, load_reward_scorer, reward_folder_kind
 from rlhf_jax.scoring.policy_samples import normalize_on_policy_samples
@@ -22,4 +25,6 @@ __all__ = [
     "normalize_reward_model", "raw_scores", "reward_folder_kind", "reward_scores", "save_reward_model",
     # verifiable rewards (functions.py)
     "exact_match", "length_target", "normalize_answer", "overlong_penalty", "regex_match", "torch_classifier",
+    # ensembles on one base (ensemble.py)
+    "EnsembleScorer", "GapMonitor", "ensemble_raw_scores", "ensemble_scores", "penalised_mean",
 ]

@@ -33,8 +33,8 @@ def reward_folder_kind(path: str) -> str:
     """``"rlhf_jax"`` (our reward folder) or ``"hf_classifier"``; an error naming what each needs."""
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--reward {path}: no such folder (a reward folder written by `rlhf-jax reward`, or "
-                                "a Hugging Face *ForSequenceClassification folder)")
+        raise FileNotFoundError(f"--reward {path}: no such folder (a reward folder written by `rlhf-jax reward`, "
+                                f"holding {CONFIG}, or a Hugging Face *ForSequenceClassification folder)")
     if os.path.isfile(os.path.join(path, CONFIG)):
         return "rlhf_jax"
     if classifier_architecture(path) is not None:

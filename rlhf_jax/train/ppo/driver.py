@@ -26,7 +26,9 @@ from rlhf_jax.train.ppo.experience import PPOBatch
 from rlhf_jax.train.prompt_data import prepare_prompts, resolve_sampling  # noqa: F401 (re-exported by ppo)
 from rlhf_jax.train.trainable import init_trainable
 
-Monitor = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
+Monitor = Callable[[Sequence[Any], Sequence[str]], Sequence[float]] | Scorer
+"""A text function ``fn(prompts, completions) -> floats`` or a :class:`rlhf_jax.scoring.Scorer`
+(called with the rollouts' tokens and the shared base: a reward model kept out of the loss)."""
 
 
 class PPOResult(NamedTuple):
@@ -39,20 +41,27 @@ class PPOResult(NamedTuple):
     """How the prompt dataset was read."""
 
 
+def metric_stop(key: str, threshold: float, *, window: int = 5, name: str | None = None):
+    """A stop rule for :func:`train_ppo` (``stop=``): ``history -> reason`` once the mean of
+    metric ``key`` over the last ``window`` steps reaches ``threshold``, e.g.
+    ``metric_stop("overopt_gap", 0.5)`` stops when an over-optimisation monitor's gap reaches 0.5."""
+    label = name or key
+
+    def stop(history):
+        if len(history) < window:
+            return None
+        recent = float(np.mean([r[key] for r in history[-window:]]))
+        return f"{label} ({recent:.3f} >= {threshold})" if recent >= threshold else None
+
+    return stop
+
+
 def threshold_stop(config: PPOConfig, key: str = "score"):
     """``history -> reason`` once the mean ``key`` over the last ``threshold_window`` steps reaches
     ``reward_threshold`` (``None`` when no threshold is set)."""
     if config.reward_threshold is None:
         return None
-
-    def stop(history):
-        if len(history) < config.threshold_window:
-            return None
-        recent = float(np.mean([r[key] for r in history[-config.threshold_window:]]))
-        return f"reward_threshold ({recent:.3f} >= {config.reward_threshold})" if recent >= config.reward_threshold \
-            else None
-
-    return stop
+    return metric_stop(key, config.reward_threshold, window=config.threshold_window, name="reward_threshold")
 
 
 class PPORun(NamedTuple):
@@ -132,7 +141,14 @@ def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, 
         extra = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
         if monitors:
             shown = decode_responses(tokenizer, ro.response_tokens, ro.response_mask, skip_special_tokens=False)
-            extra.update({k: float(np.mean(fn(batch_prompts, shown))) for k, fn in monitors.items()})
+            done = Completions(batch_prompts, texts, ro.tokens, ro.attention_mask)
+            for k, fn in monitors.items():
+                if isinstance(fn, Scorer):
+                    values, parts = fn.score_and_parts(done, ctx.base)
+                    extra.update({f"{k}/{p}": float(np.mean(v)) for p, v in parts.items()})
+                else:
+                    values = fn(batch_prompts, shown)
+                extra[k] = float(np.mean(values))
         return PPOBatch(ro, jnp.asarray(scores, jnp.float32)), extra
 
     return PPORun(algo, state, batches, encoded, sampler, data.report)
@@ -140,8 +156,8 @@ def prepare_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, 
 
 def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, reward: Scorer | Any,
               config: PPOConfig, *, monitors: dict[str, Monitor] | None = None,
-              callback: Callable[[int, dict], None] | None = None, data_config: DataConfig = DataConfig()
-              ) -> PPOResult:
+              callback: Callable[[int, dict], None] | None = None, data_config: DataConfig = DataConfig(),
+              stop: Callable[[list[dict]], str | None] | None = None) -> PPOResult:
     """Run PPO (see :func:`rlhf_jax.train.ppo.make_ppo`) on ``prompts``.
 
     Args:
@@ -158,20 +174,26 @@ def train_ppo(model_config: ModelConfig, base: dict, tokenizer, prompts: Any, re
       reward: a :class:`rlhf_jax.scoring.Scorer`, a :class:`rlhf_jax.scoring.RewardModel` (scored
         on the shared base), or a Python ``fn(prompts, completions) -> scores``.
       config: the :class:`PPOConfig`; ``critic_init="reward"`` needs a reward model.
-      monitors: ``{name: fn(prompts, completions) -> floats}`` scored on each step's decoded
-        rollouts (special tokens kept) and logged as ``name`` (their mean): watch a held-back
-        judge (a gold rubric) while optimising the proxy. Never used in the loss.
+      monitors: ``{name: monitor}`` run on each step's rollouts and logged as ``name`` (the
+        batch mean), never used in the loss: watch a held-back judge while optimising the proxy.
+        A monitor is a text function ``fn(prompts, completions) -> floats`` (completions decoded
+        with special tokens kept; e.g. a gold rubric) or a :class:`rlhf_jax.scoring.Scorer` called
+        with the rollouts' tokens and the shared base (e.g.
+        :class:`rlhf_jax.scoring.GapMonitor`, held-out reward models), whose parts are logged as
+        ``name/part``.
       callback: ``(step, metrics row) -> None`` after each step.
       data_config: ``format``, ``split``, ``chat_template`` of a prompt dataset.
+      stop: ``history -> reason | None`` checked after each step, besides
+        ``config.reward_threshold``; e.g. :func:`metric_stop` on a monitor.
     """
     run = prepare_ppo(model_config, base, tokenizer, prompts, reward, config, monitors=monitors,
                       data_config=data_config)
-    stop = threshold_stop(config)
+    rules = [r for r in (threshold_stop(config), stop) if r is not None]
 
     def stop_and_callback(history):
         if callback is not None:
             callback(history[-1]["step"], history[-1])
-        return None if stop is None else stop(history)
+        return next((why for why in (r(history) for r in rules) if why), None)
 
     res = fit(run.algorithm.step, run.state, base, run.batches, run=config.run, name="ppo",
               log_keys=("score", "kl", "beta"),
