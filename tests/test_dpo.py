@@ -22,8 +22,8 @@ to_np = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 def _pairs(n, good="w14", bad="w15"):
     # the chosen completion ends with `good`, the rejected one with `bad` (same start): learnable
-    # from the last token. The tiny base gives w15 the higher log-prob here (-10.1 vs -10.9 per
-    # pair with EOS), so the policy must turn its preference around.
+    # from the last token. The learning test picks the ending the random base prefers as the
+    # rejected one, so the policy must turn its preference around.
     return [{"prompt": f"w{i % 7} w{(i + 3) % 7}", "chosen": f"w{8 + i % 5} {good}", "rejected": f"w{8 + i % 5} {bad}"}
             for i in range(n)]
 
@@ -149,12 +149,22 @@ def test_learning_raises_heldout_preference_accuracy_and_resume_is_bit_identical
     rises from 0 (all ties at step 0) to 1 and the loss falls below log 2. A run stopped at step
     4 and resumed to 8 equals the straight run bit for bit."""
     cfg, tok, base = tiny
-    data = _pairs(48)
+    logps = jax.jit(lambda tr, batch: pair_logprobs(cfg, tr, base, batch))
+
+    def held_out(data):  # the driver's held-out split
+        arrays, _ = encode_dpo_data(tok, data, _config(1))
+        return dpo_rows(arrays, np.random.default_rng(0).permutation(48)[:12], 8)
+
+    # the (chosen, rejected) endings whose held-out pairs the random base gets most wrong (which
+    # ones depends on the init draws): the policy must turn its preference around
+    def base_accuracy(data):
+        lp = np.asarray(logps(None, held_out(data)))
+        return np.mean(lp[:, 0] > lp[:, 1])
+    data = min((_pairs(48, good=f"w{g}", bad=f"w{b}") for g in range(11, 16) for b in range(11, 16) if g != b),
+               key=base_accuracy)
+    held = held_out(data)
     straight = train_dpo(cfg, base, tok, data, _config(8, eval_every=4, run=dict(out_dir=str(tmp_path / "straight"))))
-    arrays, _ = encode_dpo_data(tok, data, _config(1))
-    held = dpo_rows(arrays, np.random.default_rng(0).permutation(48)[:12], 8)  # the driver's held-out split
-    before, after = (np.asarray(x) for x in jax.jit(lambda tr, batch: (
-        pair_logprobs(cfg, None, base, batch), pair_logprobs(cfg, tr, base, batch)))(straight.policy, held))
+    before, after = np.asarray(logps(None, held)), np.asarray(logps(straight.policy, held))
     assert np.mean(before[:, 0] > before[:, 1]) <= 0.25 and np.mean(after[:, 0] > after[:, 1]) == 1.0
     evals = [r for r in straight.history if "eval_accuracy" in r]
     assert [r["step"] for r in evals] == [3, 7]
