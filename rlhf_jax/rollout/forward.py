@@ -79,17 +79,27 @@ def response_logprobs_entropy(model_config: ModelConfig, trainable: PyTree | Non
     and the head chunk by chunk (equal within float rounding; gradients too). ``hidden`` is
     returned for a caller that needs it again (the exact KL)."""
     hidden = response_hidden(model_config, trainable, base, tokens, attention_mask, n)
-    targets = tokens[:, tokens.shape[1] - n:]
-    c = logit_chunk_size(chunk, hidden.shape[0], n, model_config.vocab_size)
+    logp, ent = hidden_logprobs_entropy(model_config, trainable, base, hidden, tokens[:, tokens.shape[1] - n:],
+                                        temperature=temperature, entropy=entropy, chunk=chunk)
+    return logp, ent, hidden
+
+
+def hidden_logprobs_entropy(model_config: ModelConfig, trainable: PyTree | None, base: PyTree | None,
+                            hidden: Float[Array, "B N D"], targets: Int[Array, "B N"], *, temperature: float = 1.0,
+                            entropy: bool = False, chunk: int | None = None
+                            ) -> tuple[Float[Array, "B N"], Float[Array, "B N"] | None]:
+    """``(log-probs, entropy or None)`` of ``targets`` from the hidden states that predict them and
+    the head of ``base`` + ``trainable``, float32: whole logits or, with ``chunk`` (see
+    :func:`logit_chunk_size`), chunk by chunk (equal within float rounding; gradients too)."""
+    c = logit_chunk_size(chunk, hidden.shape[0], hidden.shape[1], model_config.vocab_size)
     if c:
         w, tied = head_of(model_config, trainable, base)
         if entropy:
-            logp, ent = chunked_logprobs_and_entropy(hidden, w, tied, targets, temperature=temperature, chunk_size=c)
-            return logp, ent, hidden
-        return chunked_token_logprobs(hidden, w, tied, targets, temperature=temperature, chunk_size=c), None, hidden
+            return chunked_logprobs_and_entropy(hidden, w, tied, targets, temperature=temperature, chunk_size=c)
+        return chunked_token_logprobs(hidden, w, tied, targets, temperature=temperature, chunk_size=c), None
     logits = lm_logits(model_config, outer_params(base, trainable), hidden)
     ent = entropy_from_logits(logits, temperature=temperature) if entropy else None
-    return token_logprobs(logits, targets, temperature=temperature), ent, hidden
+    return token_logprobs(logits, targets, temperature=temperature), ent
 
 
 def response_exact_kl(model_config: ModelConfig, trainable: PyTree | None, base: PyTree | None,
