@@ -25,7 +25,7 @@ def TARGET(prompts, completions):
 
 def _config(steps, out=None, **kw):
     fields = dict(batch_size=4, group_size=4, sampling=SamplingConfig(max_new_tokens=8), kl_coef=0.04,
-                  policy_lora=LoraConfig(rank=4, alpha=8.0), optim=OptimConfig(learning_rate=3e-3),
+                  policy_lora=LoraConfig(rank=4, alpha=8.0), optim=OptimConfig(learning_rate=6e-3),
                   run=RunConfig(max_steps=steps, out_dir=None if out is None else str(out), progress=False,
                                 checkpoint_every=kw.pop("checkpoint_every", 0)))
     fields.update(kw)
