@@ -210,12 +210,13 @@ def test_config_and_length_errors_are_one_clear_line(tiny):
         train_dpo(cfg, base, tok, _pairs(8), _config(1))
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
-def test_prompt_once_loss_and_gradients_equal_the_unshared_pass(loss):
+@pytest.mark.parametrize("loss,chunk", [("sigmoid", 0), ("ipo", 2)])
+def test_prompt_once_loss_and_gradients_equal_the_unshared_pass(loss, chunk):
     """The step's loss, metrics and gradients (w.r.t. the adapter, B != 0, and the base) with each
-    prompt computed once equal the plain pass over ``prompt + chosen`` and ``prompt + rejected`` as
-    two whole sequences (``rlhf_jax.rollout.response_logprobs``, as TRL computes them), within
-    1e-5 of each tensor's scale; left-padded prompts of lengths 6, 1, 3, completions of 1..5 tokens."""
+    prompt computed once (and, for IPO, the LM head over chunks of 2 positions) equal the plain
+    whole-logit pass over ``prompt + chosen`` and ``prompt + rejected`` as two whole sequences
+    (``rlhf_jax.rollout.response_logprobs``, as TRL computes them), within 1e-5 of each tensor's
+    scale; left-padded prompts of lengths 6, 1, 3, completions of 1..5 tokens."""
     from rlhf_jax.losses import sequence_logprobs
     from rlhf_jax.rollout import response_logprobs
     from rlhf_jax.train.dpo import DPOBatch, dpo_batch_loss
@@ -226,7 +227,7 @@ def test_prompt_once_loss_and_gradients_equal_the_unshared_pass(loss):
     pt, pm, ct, cm, full, fmask = _batch(2)
     b, n = pt.shape[0], ct.shape[1]
     batch = DPOBatch(pt, pm, ct.reshape(b, 2, n), cm.reshape(b, 2, n))
-    config = DPOConfig(loss=loss, beta=0.5)
+    config = DPOConfig(loss=loss, beta=0.5, logit_chunk=chunk)
 
     def unshared(tr, bs):
         seq = lambda t: sequence_logprobs(response_logprobs(cfg, t, bs, full, fmask, n), cm).reshape(b, 2)
