@@ -1,8 +1,9 @@
-"""What fits: XLA's memory analysis of the SFT, reward and PPO update steps for real model shapes,
+"""What fits: XLA's memory analysis of the SFT, reward, PPO, GRPO and DPO update steps for real model shapes,
 compiled ahead of time from abstract arrays on this CPU (nothing is allocated: parameters, adapters,
 optimizer state and batches are ``jax.ShapeDtypeStruct``s).
 
-For each row the library's own step is built (``make_sft``, ``make_reward``, ``make_ppo`` from
+For each row the library's own step is built (``make_sft``, ``make_reward``, ``make_ppo``, ``make_grpo``,
+``make_dpo`` from
 ``rlhf_jax.train``, their ``init`` traced with ``jax.eval_shape``), lowered with
 ``rlhf_jax.sharding.jit_step(step, mesh, state)`` (the state donated) and compiled;
 the row prints XLA's ``memory_analysis()`` -- arguments (base + trainable state + batch), outputs,
@@ -48,10 +49,10 @@ RESULT_TAG = "AOT_RESULT "
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str
-    algo: str            # sft | reward | ppo
+    algo: str            # sft | reward | ppo | grpo | dpo
     shape: str           # qwen0.5b | qwen7b | llama8b
-    batch: int           # sequences (SFT), pairs (reward), rollout rows (PPO)
-    seq: int             # tokens per sequence (PPO: prompt + response)
+    batch: int           # sequences (SFT), pairs (reward, DPO), rollout rows (PPO, GRPO: prompts x 8)
+    seq: int             # tokens per sequence (PPO, GRPO: prompt + response; DPO: prompt + one completion)
     devices: int = 1
     before: bool = False  # switch the scale options off
     full: bool = False    # full fine-tuning (PPO: policy and critic), float32 master weights, bf16 compute
@@ -65,10 +66,14 @@ ROWS = [
     Row("sft-0.5b", "sft", "qwen0.5b", 8, 1024, target="temp<=3"),
     Row("reward-0.5b", "reward", "qwen0.5b", 8, 1024),
     Row("ppo-0.5b", "ppo", "qwen0.5b", 64, 1024),
+    Row("grpo-0.5b", "grpo", "qwen0.5b", 64, 1024),
+    Row("dpo-0.5b", "dpo", "qwen0.5b", 8, 1024),
     Row("sft-7b-before", "sft", "qwen7b", 8, 1024, before=True),
     Row("sft-7b", "sft", "qwen7b", 8, 1024, target="temp<=8"),
     Row("reward-7b", "reward", "qwen7b", 8, 1024),
     Row("ppo-7b", "ppo", "qwen7b", 64, 1024, target="args+temp<=80"),
+    Row("grpo-7b", "grpo", "qwen7b", 64, 1024, target="args+temp<=80"),
+    Row("dpo-7b", "dpo", "qwen7b", 8, 1024, target="args+temp<=80"),
     Row("sft-8b", "sft", "llama8b", 8, 1024),
     Row("ppo-8b", "ppo", "llama8b", 64, 1024),
     Row("sft-7b-fsdp8", "sft", "qwen7b", 8, 1024, devices=8),
@@ -180,7 +185,51 @@ def build_ppo(cfg, lora_cfg, row: Row, base):
     return _abstract_state(algo, base), algo.step, PPOBatch(ro, f32(r))
 
 
-BUILDERS = {"sft": build_sft, "reward": build_reward, "ppo": build_ppo}
+def build_grpo(cfg, lora_cfg, row: Row, base):
+    """``make_grpo``'s step on ``row.batch`` completions = ``row.batch / 8`` prompts x G = 8 (prompt =
+    completion = seq / 2): the reference pass (k3 KL term, beta 0.04), group advantages, then
+    minibatches of ``row.mini_batch`` completions (whole groups) of the clipped surrogate; each
+    group's prompt computed once and log-probs from hidden states in chunks of 128 positions
+    unless ``row.before`` (row-wise passes, whole logits)."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.rollout import Rollout, SamplingConfig
+    from rlhf_jax.train import GRPOConfig, GroupBatch, make_grpo
+
+    r, t, m, g = row.batch, row.seq, row.mini_batch, 8
+    n = t // 2
+    config = GRPOConfig(policy_lora=None if row.full else lora_cfg, batch_size=r // g, group_size=g, mini_batch_size=m,
+                        kl_coef=0.04, sampling=SamplingConfig(max_new_tokens=n), shared_prompt=not row.before,
+                        logit_chunk=0 if row.before else 128)
+    algo = make_grpo(cfg, _optimizer(), config)
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    ro = Rollout(i32(r, t), i32(r, t), i32(r, n), i32(r), jax.ShapeDtypeStruct((r,), jnp.bool_), f32(r, n))
+    return _abstract_state(algo, base), algo.step, GroupBatch(ro, f32(r))
+
+
+def build_dpo(cfg, lora_cfg, row: Row, base):
+    """``make_dpo``'s step on ``row.batch`` pairs (prompt = each completion = seq / 2): the policy
+    (LoRA) and reference (the base, adapter off, in the same step) log-probs of chosen and rejected
+    with each prompt computed once, log-probs from hidden states in chunks of 128 positions unless
+    ``row.before``."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.train import DPOConfig, make_dpo
+    from rlhf_jax.train.dpo import DPOBatch
+
+    b, half = row.batch, row.seq // 2
+    config = DPOConfig(lora=lora_cfg, batch_size=b, max_prompt_length=half, max_completion_length=half,
+                       logit_chunk=0 if row.before else 128)
+    algo = make_dpo(cfg, _optimizer(), config)
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    return _abstract_state(algo, base), algo.step, DPOBatch(i32(b, half), i32(b, half), i32(b, 2, half),
+                                                            i32(b, 2, half))
+
+
+BUILDERS = {"sft": build_sft, "reward": build_reward, "ppo": build_ppo, "grpo": build_grpo, "dpo": build_dpo}
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,7 +276,8 @@ def compile_row(row: Row) -> dict:
     out["peak"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]
     if row.devices == 1:
         est = estimate(row, cfg, lora_cfg)
-        out["estimate_update"], out["estimate_held"] = est.update, est.held
+        if est is not None:
+            out["estimate_update"], out["estimate_held"] = est.update, est.held
     return out
 
 
@@ -236,6 +286,8 @@ def estimate(row: Row, cfg, lora_cfg):
     step's temporaries)."""
     from rlhf_jax.sharding import memory_estimate
 
+    if row.algo in ("grpo", "dpo"):  # memory_estimate models SFT, reward and PPO steps only
+        return None
     base_cfg = cfg.replace(dtype="bfloat16", compute_dtype=None) if row.full else cfg
     chunk = None if row.before else 128
     if row.algo == "sft":
@@ -273,8 +325,8 @@ def main():
         from rlhf_jax.lora import LoraConfig
 
         for r in ROWS:
-            if r.devices == 1:
-                est = estimate(r, model_config(r.shape, before=r.before, full=r.full), LoraConfig(rank=16, alpha=32.0))
+            est = estimate(r, model_config(r.shape, before=r.before, full=r.full), LoraConfig(rank=16, alpha=32.0))
+            if r.devices == 1 and est is not None:
                 print(f"{r.name:22s} update {est.update / GiB:7.2f} GiB  held {est.held / GiB:6.2f} GiB")
         return
     if args.child:

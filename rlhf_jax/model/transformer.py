@@ -86,7 +86,14 @@ class Attention(nn.Module):
         if c.arch == "llama":
             inv_freq = rope_frequencies(c)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        if kv is not None:
+        if kv is not None and kv[0].ndim == 4:  # this layer's own buffers [B, S, K, H] (scan_cache="layers")
+            keys, values = kv
+            at = (0, write_index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), at)
+            values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), at)
+            kv = (keys, values)
+            k, v = keys.astype(dt), values.astype(dt)
+        elif kv is not None:
             keys, values = kv
             at = (layer, 0, write_index, 0, 0)
             keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at)
@@ -131,25 +138,31 @@ def _norm(config: ModelConfig, name: str, stacked: bool = True):
 
 
 class Block(nn.Module):
-    """One transformer block; run under ``nn.scan`` over the stacked layers: ``carry = (x, kv)``,
-    ``layer`` is the scanned layer index, the rest is broadcast."""
+    """One transformer block; run under ``nn.scan`` over the stacked layers. ``cache_in_carry``:
+    ``carry = (x, kv)`` with the whole stacked cache, ``xs`` the layer index; otherwise ``carry =
+    x``, ``xs = (layer, this layer's kv)`` and the updated kv is the scan's output. The rest is
+    broadcast."""
 
     config: ModelConfig
     lora: LoraConfig | None = None
     deterministic: bool = True
+    cache_in_carry: bool = True
 
     @nn.compact
-    def __call__(self, carry, layer, positions, mask, write_index):
-        x, kv = carry
+    def __call__(self, carry, xs, positions, mask, write_index):
+        if self.cache_in_carry:
+            (x, kv), layer = carry, xs
+        else:
+            x, (layer, kv) = carry, xs
         attn_out, kv = Attention(self.config, self.lora, self.deterministic, name="attn")(
             _norm(self.config, "attn_norm")(x, layer), layer, positions, mask, kv, write_index)
         x = x + attn_out
         x = x + MLP(self.config, self.lora, self.deterministic, name="mlp")(_norm(self.config, "mlp_norm")(x, layer),
                                                                           layer)
-        return (x, kv), None
+        return ((x, kv), None) if self.cache_in_carry else (x, kv)
 
 
-def _layer_stack(config: ModelConfig, lora: LoraConfig | None, deterministic: bool):
+def _layer_stack(config: ModelConfig, lora: LoraConfig | None, deterministic: bool, cache_in_carry: bool = True):
     """The blocks as one module named ``layers`` (see :data:`rlhf_jax.lora.LAYERS`): ``nn.scan`` over
     the layer index, with the parameters and adapters stacked on a leading layer axis and passed to
     every step whole (each layer slices its own rows, :mod:`rlhf_jax.model.stacked`); each block
@@ -161,7 +174,7 @@ def _layer_stack(config: ModelConfig, lora: LoraConfig | None, deterministic: bo
     scanned = nn.scan(block, variable_broadcast=["params", "lora"], split_rngs={"params": False, "dropout": True},
                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=config.num_layers,
                       unroll=1 if config.scan_layers else True)
-    return scanned(config, lora, deterministic, name=LAYERS)
+    return scanned(config, lora, deterministic, cache_in_carry, name=LAYERS)
 
 
 class Transformer(nn.Module):
@@ -173,7 +186,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: Int[Array, "B T"], *, positions: Int[Array, "B T"] | None = None,
                  attention_mask: Int[Array, "B T"] | None = None, segment_ids: Int[Array, "B T"] | None = None,
-                 cache: KVCache | None = None,
+                 cache: KVCache | None = None, scan_cache: str = "carry",
                  return_hidden: bool = False, compute_logits: bool = True,
                  deterministic: bool = True) -> ModelOutput:
         """Args:
@@ -188,6 +201,11 @@ class Transformer(nn.Module):
             would alone. Not with a ``cache``.
           cache: a :class:`KVCache`; the ``T`` new tokens are written at ``cache.index`` and attend
             to every real token before them. ``None``: plain causal forward pass.
+          scan_cache: how the layer scan passes the cache: ``"carry"`` (the whole stacked buffer
+            carried and written in place: decoding) or ``"layers"`` (each layer's slice scanned
+            in and out: under a gradient the scan then keeps one layer's cache per layer instead
+            of the whole buffer per layer, so memory stays linear in depth; the shared-prompt
+            training passes of :mod:`rlhf_jax.rollout.shared_prefix`). Same values.
           return_hidden: also return the final hidden states ``[B, T, D]``.
           compute_logits: skip the LM head when ``False`` (reward / value models, or a loss that
             projects the hidden states in chunks: :mod:`rlhf_jax.losses.chunked`).
@@ -228,8 +246,14 @@ class Transformer(nn.Module):
             x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=dt, param_dtype=c.jnp_dtype,
                              embedding_init=nn.initializers.normal(0.01), name="pos_embed")(positions)
 
-        (x, kv), _ = _layer_stack(c, self.lora, deterministic)((x, kv), jnp.arange(c.num_layers), positions, mask,
-                                                               write_index)
+        if scan_cache not in ("carry", "layers"):
+            raise ValueError(f"scan_cache must be 'carry' or 'layers', got {scan_cache!r}")
+        layers = jnp.arange(c.num_layers)
+        if kv is None or scan_cache == "carry":
+            (x, kv), _ = _layer_stack(c, self.lora, deterministic)((x, kv), layers, positions, mask, write_index)
+        else:
+            x, kv = _layer_stack(c, self.lora, deterministic, cache_in_carry=False)(x, (layers, kv), positions, mask,
+                                                                                   write_index)
         hidden = _norm(c, "final_norm", stacked=False)(x)
 
         logits = None

@@ -66,17 +66,19 @@ class GroupExperience(NamedTuple):
 
 
 def completion_hidden(model_config: ModelConfig, params: PyTree | None, base: PyTree, tokens, attention_mask, n: int,
-                      group_size: int = 1):
+                      group_size: int = 1, *, grad: bool = True):
     """Hidden states predicting a rollout's last ``n`` tokens for ``base`` + ``params`` (``None``:
     the reference): the ONE forward pass of the critic-free algorithms (reference, old policy,
     training). ``group_size > 1``: rows ``b*G .. b*G+G-1`` share their prompt (the first
     ``S - n`` columns), computed once from row ``b*G`` (:func:`rlhf_jax.rollout.grouped_response_hidden`);
-    ``1``: every row's whole sequence."""
+    ``1``: every row's whole sequence. ``grad=False``: a pass without gradient (the shared prompt's
+    cache is then written in place)."""
     if group_size == 1:
         return response_hidden(model_config, params, base, tokens, attention_mask, n)
     p = tokens.shape[1] - n
     return grouped_response_hidden(model_config, params, base, tokens[::group_size, :p], attention_mask[::group_size, :p],
-                                   tokens[:, p:], attention_mask[:, p:], group_size=group_size)
+                                   tokens[:, p:], attention_mask[:, p:], group_size=group_size,
+                                   scan_cache="layers" if grad else "carry")
 
 
 def group_prompt_mismatch(tokens, attention_mask, n: int, group_size: int):
@@ -157,8 +159,8 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
         params = init_trainable(model_config, base, config.policy_lora, k_policy)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), k_run, jnp.zeros((), jnp.int32))
 
-    def logprobs(params, base, tokens, mask, n, entropy=False):
-        hidden = completion_hidden(model_config, params, base, tokens, mask, n, pass_group)
+    def logprobs(params, base, tokens, mask, n, entropy=False, grad=False):
+        hidden = completion_hidden(model_config, params, base, tokens, mask, n, pass_group, grad=grad)
         return hidden_logprobs_entropy(model_config, params, base, hidden, tokens[:, tokens.shape[1] - n:],
                                        temperature=temp, entropy=entropy, chunk=config.logit_chunk)
 
@@ -203,7 +205,7 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
 
     def loss_fn(params, base, mb: GroupExperience, num_tokens, num_sequences):
         n = mb.loss_mask.shape[1]
-        logp, ent = logprobs(params, base, mb.tokens, mb.attention_mask, n, entropy=config.log_entropy)
+        logp, ent = logprobs(params, base, mb.tokens, mb.attention_mask, n, entropy=config.log_entropy, grad=True)
         old = jax.lax.stop_gradient(logp) if mb.old_logp is None else mb.old_logp
         if config.loss_type == "sequence":
             loss, m = sequence_policy_loss(logp, old, mb.advantages, mb.loss_mask, clip_eps=config.clip_eps,

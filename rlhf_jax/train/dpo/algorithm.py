@@ -31,15 +31,16 @@ PyTree = Any
 
 
 def pair_logprobs(model_config: ModelConfig, trainable: PyTree | None, base: PyTree | None, batch: DPOBatch, *,
-                  key: jax.Array | None = None, chunk: int | None = None) -> Float[Array, "B 2"]:
+                  key: jax.Array | None = None, chunk: int | None = None, grad: bool = True) -> Float[Array, "B 2"]:
     """Sequence log-probs ``sum_t log pi(y_t | x, y_<t)`` of the chosen (``[:, 0]``) and rejected
     (``[:, 1]``) completions under ``base`` + ``trainable`` (``None``: the base alone, the
     reference), float32, the prompt computed once per pair; ``chunk``: the LM head over chunks of
-    completion positions (see :func:`rlhf_jax.rollout.logit_chunk_size`)."""
+    completion positions (see :func:`rlhf_jax.rollout.logit_chunk_size`); ``grad=False`` for a pass
+    without gradient (the prompt's cache written in place)."""
     b, g, c = batch.completion_ids.shape
     ids, mask = batch.completion_ids.reshape(b * g, c), batch.completion_mask.reshape(b * g, c)
     hidden = grouped_response_hidden(model_config, trainable, base, batch.prompt_ids, batch.prompt_mask, ids, mask,
-                                     group_size=g, key=key)
+                                     group_size=g, key=key, scan_cache="layers" if grad else "carry")
     logps, _ = hidden_logprobs_entropy(model_config, trainable, base, hidden, ids, chunk=chunk)
     return sequence_logprobs(logps, mask).reshape(b, g)
 
@@ -47,7 +48,7 @@ def pair_logprobs(model_config: ModelConfig, trainable: PyTree | None, base: PyT
 def reference_logprobs(model_config: ModelConfig, base: PyTree, batch: DPOBatch, *,
                        chunk: int | None = None) -> Float[Array, "B 2"]:
     """The reference's sequence log-probs: the frozen base alone (no gradient)."""
-    return jax.lax.stop_gradient(pair_logprobs(model_config, None, base, batch, chunk=chunk))
+    return jax.lax.stop_gradient(pair_logprobs(model_config, None, base, batch, chunk=chunk, grad=False))
 
 
 def dpo_objective(config: DPOConfig, policy: Float[Array, "B 2"], reference: Float[Array, "B 2"],
