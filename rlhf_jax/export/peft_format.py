@@ -127,6 +127,24 @@ def peft_config_dict(config: ModelConfig, layers: list[tuple[Path, int]], lora_c
     }
 
 
+def adapter_tensors(config: ModelConfig, lora: Any, lora_config: LoraConfig
+                    ) -> tuple[dict[str, np.ndarray], list[tuple[Path, int]]]:
+    """``(tensors, written)``: PEFT's float32 ``lora_A``/``lora_B`` tensors of the stacked adapter,
+    one pair per layer that ``lora_config`` selects, and those ``(stacked path, index)`` layers."""
+    pairs = check_adapter(config, lora, lora_config)
+    table = module_table(config)
+    written = _written(config, pairs, lora_config)
+    if not written:
+        raise ExportError(f"LoraConfig targets {lora_config.targets} select no layer of the adapter")
+    tensors = {}
+    for layer, i in written:
+        a, b = pairs[layer]
+        stem = PREFIX + table[(layer, i)]
+        tensors[stem + ".lora_A.weight"] = to_numpy(a[i], transpose=True, dtype=np.float32)
+        tensors[stem + ".lora_B.weight"] = to_numpy(b[i], transpose=True, dtype=np.float32)
+    return tensors, written
+
+
 def save_peft_adapter(path: str, config: ModelConfig, lora: Any, lora_config: LoraConfig, *,
                       base_model_name_or_path: str = "") -> str:
     """Write ``lora`` as a PEFT LoRA adapter that ``peft.PeftModel.from_pretrained(hf_model, path)``
@@ -139,17 +157,7 @@ def save_peft_adapter(path: str, config: ModelConfig, lora: Any, lora_config: Lo
     otherwise); ``r`` and ``lora_alpha`` give PEFT's scale ``lora_alpha / r`` = ours; no rsLoRA.
     Weights are written in float32.
     """
-    pairs = check_adapter(config, lora, lora_config)
-    table = module_table(config)
-    written = _written(config, pairs, lora_config)
-    if not written:
-        raise ExportError(f"LoraConfig targets {lora_config.targets} select no layer of the adapter")
-    tensors = {}
-    for layer, i in written:
-        a, b = pairs[layer]
-        stem = PREFIX + table[(layer, i)]
-        tensors[stem + ".lora_A.weight"] = to_numpy(a[i], transpose=True, dtype=np.float32)
-        tensors[stem + ".lora_B.weight"] = to_numpy(b[i], transpose=True, dtype=np.float32)
+    tensors, written = adapter_tensors(config, lora, lora_config)
     path = ensure_dir(path)
     write_json(peft_config_dict(config, written, lora_config, base_model_name_or_path=base_model_name_or_path),
                os.path.join(path, ADAPTER_CONFIG))
