@@ -2,7 +2,9 @@
 
 The adapter lives in its own Flax variable collection, ``"lora"``; its tree mirrors the base
 parameter tree: for every adapted dense layer at ``path`` the base holds ``path/kernel [Din, Dout]``
-and the adapter holds ``path/a [Din, R]`` and ``path/b [R, Dout]``. The adapted layer computes
+and the adapter holds ``path/a [Din, R]`` and ``path/b [R, Dout]``, with the blocks stacked on a
+leading layer axis like the base (``layers/attn/q_proj/a`` is ``[L, Din, R]``). The adapted layer
+computes
 
     y = x W + (alpha / R) * dropout(x) A B          (Hu et al. 2021, "LoRA")
 
@@ -25,6 +27,8 @@ import numpy as np
 from rlhf_jax.config_checks import ConfigError, at_least, check, in_range, one_of, positive
 
 PyTree = Any
+LAYERS = "layers"
+"""Name of the stacked blocks in the parameter tree: every leaf under it has a leading layer axis."""
 
 ALL_LINEAR = (
     # Llama family
@@ -43,9 +47,11 @@ class LoraConfig:
     alpha: float = 16.0
     """Scale numerator: the update is multiplied by ``alpha / rank``."""
     targets: tuple[str, ...] = ALL_LINEAR
-    """Regular expressions matched against each dense layer's path (``layers_0/attn/q_proj``);
-    a layer is adapted when any pattern matches the end of its path. GPT-2's attention output
-    alone is ``"attn/c_proj"``."""
+    """Regular expressions matched against each dense layer's per-layer path
+    (``layers_0/attn/q_proj``; see :meth:`layer_selection`); a layer is adapted when any pattern
+    matches the end of its path. GPT-2's attention output alone is ``"attn/c_proj"``; one layer
+    alone is ``"layers_3/attn/q_proj"``. The adapter tree is stacked over all layers either way;
+    the rows of unselected layers stay zero."""
     dropout: float = 0.0
     """Dropout on the adapter's input, active only when ``deterministic=False`` (needs a
     ``"dropout"`` rng)."""
@@ -77,19 +83,36 @@ class LoraConfig:
         """Whether the dense layer at ``path`` (names joined by ``/``) is adapted."""
         return any(re.search(rf"(^|/){t}$", path) for t in self.targets)
 
-    def init_a(self, key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-        d_in, rank = shape
+    def layer_selection(self, path: str, num_layers: int) -> tuple[bool, ...]:
+        """Which layers of the stacked dense layer at ``path`` (``layers/attn/q_proj``) are
+        adapted: layer ``i`` when a target matches ``layers_{i}/attn/q_proj`` (the per-layer name,
+        e.g. ``"layers_1/attn/q_proj"`` selects one layer) or the stacked path itself. A path
+        outside the layer stack gives one entry."""
+        head, _, rest = path.partition("/")
+        if head != LAYERS or not rest:
+            return (self.matches(path),)
+        if self.matches(path):
+            return (True,) * num_layers
+        return tuple(self.matches(f"{LAYERS}_{i}/{rest}") for i in range(num_layers))
+
+    def init_a(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """``A [..., Din, R]`` (leading axes: the layer axis). Drawn flat and reshaped (XLA:CPU
+        compiles the random-bits kernel of a 1-D shape several times faster)."""
+        d_in, rank = shape[-2:]
+        n = int(np.prod(shape))
         if self.init == "kaiming":
             bound = float(np.sqrt(3.0 / d_in))
-            return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-        return jax.random.normal(key, shape, jnp.float32) / rank
+            return jax.random.uniform(key, (n,), jnp.float32, -bound, bound).reshape(shape)
+        return (jax.random.normal(key, (n,), jnp.float32) / rank).reshape(shape)
 
 
 def init_lora(model, key: jax.Array, *, example_tokens: jax.Array | None = None) -> PyTree:
     """A fresh adapter tree for ``model`` (a module built with ``lora=LoraConfig(...)``).
 
     Shapes come from ``jax.eval_shape`` of the model's init, so no base weights are allocated.
-    ``A`` is random (per-leaf keys folded from ``key``), ``B`` zero.
+    ``A`` is random (per-leaf keys folded from ``key``), ``B`` zero; leaves are stacked on the
+    layer axis (``a [L, Din, R]``, ``b [L, R, Dout]``) and the rows of layers the targets do not
+    select (:meth:`LoraConfig.layer_selection`) are zero.
     """
     if getattr(model, "lora", None) is None:
         raise ValueError("init_lora: the model was built without a LoraConfig (model.lora is None)")
@@ -102,7 +125,9 @@ def init_lora(model, key: jax.Array, *, example_tokens: jax.Array | None = None)
     for i, (path, leaf) in enumerate(flat):
         names = tuple(p.key for p in path)
         if names[-1] == "a":
-            leaves[names] = model.lora.init_a(jax.random.fold_in(key, i), leaf.shape)
+            a = model.lora.init_a(jax.random.fold_in(key, i), leaf.shape)
+            keep = layer_mask(model.lora, names[:-1], leaf.shape)
+            leaves[names] = a if keep is None else a * keep[:, None, None]
         else:
             leaves[names] = jnp.zeros(leaf.shape, jnp.float32)
     return _unflatten(leaves)
@@ -128,14 +153,27 @@ def _flatten(tree: PyTree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...]
     return out
 
 
+def layer_mask(config: LoraConfig, layer: tuple[str, ...], shape: tuple[int, ...]) -> jax.Array | None:
+    """float32 ``[L]``, 1 for the layers of the stacked dense layer ``layer`` that ``config``
+    selects, 0 for the others; ``None`` when every layer is selected (or the leaf is not stacked)."""
+    if not layer or layer[0] != LAYERS:
+        return None
+    sel = config.layer_selection("/".join(layer), shape[0])
+    return None if all(sel) else jnp.asarray(sel, jnp.float32)
+
+
 def adapted_layers(lora: PyTree) -> list[tuple[str, ...]]:
-    """Paths of the dense layers that carry an adapter."""
+    """Paths of the dense layers that carry an adapter (stacked: ``("layers", "attn", "q_proj")``
+    holds every layer's)."""
     return sorted({names[:-1] for names in _flatten(lora)})
 
 
 def merge_lora(base: PyTree, lora: PyTree, *, scale: float) -> PyTree:
-    """Fold the adapter into the base: ``W <- W + scale * A B`` (computed in float32, cast back
-    to W's dtype). Returns a new base tree; the inputs are untouched."""
+    """Fold the adapter into the base: ``W <- W + scale * A B`` layer by layer (computed in
+    float32, cast back to W's dtype; only one layer's float32 product exists at a time). Returns a
+    new base tree; the inputs are untouched. Rows of unselected layers are zero (as
+    :func:`init_lora`, :func:`rlhf_jax.export.load_peft_adapter` and training keep them), so they
+    change nothing."""
     flat_base = _flatten(base)
     flat_lora = _flatten(lora)
     merged = dict(flat_base)
@@ -144,33 +182,53 @@ def merge_lora(base: PyTree, lora: PyTree, *, scale: float) -> PyTree:
         if kpath not in flat_base:
             raise KeyError(f"merge_lora: adapter layer {'/'.join(layer)} has no base kernel")
         w = flat_base[kpath]
+        if hasattr(w, "dequantize"):
+            raise ValueError(f"merge_lora: the base kernel {'/'.join(kpath)} is quantised; merge into a float base "
+                             "(rlhf_jax.model.dequantize_base(base, dtype)), or keep the adapter separate")
         a, b = flat_lora[layer + ("a",)], flat_lora[layer + ("b",)]
-        if a.shape[0] != w.shape[0] or b.shape[1] != w.shape[1]:
+        if a.shape[:-1] != w.shape[:-1] or b.shape[-1] != w.shape[-1] or a.shape[-1] != b.shape[-2]:
             raise ValueError(
                 f"merge_lora: adapter {'/'.join(layer)} has A {a.shape}, B {b.shape} but the "
                 f"base kernel is {w.shape}")
-        delta = jnp.asarray(a, jnp.float32) @ jnp.asarray(b, jnp.float32)
-        merged[kpath] = (jnp.asarray(w, jnp.float32) + scale * delta).astype(w.dtype)
+
+        def one(wab, w=w):
+            wl, al, bl = wab
+            delta = jnp.asarray(al, jnp.float32) @ jnp.asarray(bl, jnp.float32)
+            return (jnp.asarray(wl, jnp.float32) + scale * delta).astype(w.dtype)
+
+        merged[kpath] = jax.lax.map(one, (w, a, b)) if w.ndim == 3 else one((w, a, b))
     return _unflatten(merged)
 
 
 def split_lora(merged: PyTree, base: PyTree, *, rank: int, alpha: float) -> PyTree:
     """The reverse of :func:`merge_lora`: recover a rank-``rank`` adapter from a merged tree and
-    its base by a truncated SVD of each kernel difference (exact when the difference has rank
-    <= ``rank``). Layers whose kernels are unchanged get no adapter."""
+    its base by a truncated SVD of each layer's kernel difference (exact when the difference has
+    rank <= ``rank``). A dense layer whose kernels are unchanged in every layer gets no adapter;
+    within a stacked one, an unchanged layer gets zero rows."""
     scale = alpha / rank
     flat_m, flat_b = _flatten(merged), _flatten(base)
     out = {}
+
+    def one(diff):
+        u, s, vt = np.linalg.svd(diff, full_matrices=False)
+        root = np.sqrt(s[:rank] / scale)
+        a, b = np.zeros((diff.shape[0], rank)), np.zeros((rank, diff.shape[1]))
+        k = root.shape[0]
+        a[:, :k], b[:k] = u[:, :rank] * root, root[:, None] * vt[:rank]
+        return a, b
+
     for path, w in flat_m.items():
         if path[-1] != "kernel":
             continue
         diff = np.asarray(w, np.float64) - np.asarray(flat_b[path], np.float64)
         if not np.any(diff):
             continue
-        u, s, vt = np.linalg.svd(diff, full_matrices=False)
-        root = np.sqrt(s[:rank] / scale)
-        out[path[:-1] + ("a",)] = jnp.asarray(u[:, :rank] * root, jnp.float32)
-        out[path[:-1] + ("b",)] = jnp.asarray(root[:, None] * vt[:rank], jnp.float32)
+        stacked = diff if diff.ndim == 3 else diff[None]
+        pairs = [one(d) if np.any(d) else (np.zeros((d.shape[0], rank)), np.zeros((rank, d.shape[1])))
+                 for d in stacked]
+        a, b = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        out[path[:-1] + ("a",)] = jnp.asarray(a if diff.ndim == 3 else a[0], jnp.float32)
+        out[path[:-1] + ("b",)] = jnp.asarray(b if diff.ndim == 3 else b[0], jnp.float32)
     return _unflatten(out)
 
 
@@ -178,10 +236,11 @@ def stack_adapters(adapters) -> tuple[PyTree | None, LoraConfig | None]:
     """One adapter tree for a pass over ``G`` equal row groups of a batch, group ``g`` using
     ``adapters[g] = (tree, config)`` (``(None, None)``: the base alone, e.g. PPO's reference).
 
-    Every leaf becomes a stack: ``a [G, Din, R]``, ``b [G, R, Dout]``. Ranks are zero-padded to
-    the largest (exact: padded columns of ``A`` meet padded rows of ``B``, both zero, and stay
-    zero under gradient descent), each group's ``alpha / R`` is folded into its ``B`` (the
-    returned config has scale 1), and a layer that a group does not adapt gets zeros. Pure and
+    Every leaf gets a group axis after the layer axis: ``a [L, G, Din, R]``, ``b [L, G, R,
+    Dout]``. Ranks are zero-padded to the largest (exact: padded columns of ``A`` meet padded rows
+    of ``B``, both zero, and stay zero under gradient descent), each group's ``alpha / R`` is
+    folded into its ``B`` (the returned config has scale 1), and a layer that a group does not
+    adapt gets zeros (whole dense layers, and the unselected layers of a stacked one). Pure and
     differentiable: gradients reach each group's own adapter. Pass the result as the ``"lora"``
     collection of a model built with the returned config; the batch's rows must be group-major
     (``[G * b, T]``). Stacked passes carry no adapter dropout (PPO's passes are deterministic).
@@ -198,19 +257,23 @@ def stack_adapters(adapters) -> tuple[PyTree | None, LoraConfig | None]:
     out = {}
     for layer in layers:
         ref = next(f for f in flats if f is not None and layer + ("a",) in f)
-        d_in, d_out = ref[layer + ("a",)].shape[0], ref[layer + ("b",)].shape[1]
+        a_ref, b_ref = ref[layer + ("a",)], ref[layer + ("b",)]
+        lead, d_in, d_out = a_ref.shape[:-2], a_ref.shape[-2], b_ref.shape[-1]
         a_rows, b_rows = [], []
         for f, (_, c) in zip(flats, adapters):
             if f is None or layer + ("a",) not in f:
-                a_rows.append(jnp.zeros((d_in, rank), jnp.float32))
-                b_rows.append(jnp.zeros((rank, d_out), jnp.float32))
+                a_rows.append(jnp.zeros(lead + (d_in, rank), jnp.float32))
+                b_rows.append(jnp.zeros(lead + (rank, d_out), jnp.float32))
                 continue
             a, b = jnp.asarray(f[layer + ("a",)], jnp.float32), jnp.asarray(f[layer + ("b",)], jnp.float32)
-            pad = rank - a.shape[1]
-            a_rows.append(jnp.pad(a, ((0, 0), (0, pad))))
-            b_rows.append(jnp.pad(b * c.scale, ((0, pad), (0, 0))))
-        out[layer + ("a",)] = jnp.stack(a_rows)
-        out[layer + ("b",)] = jnp.stack(b_rows)
+            keep = layer_mask(c, layer, a.shape)
+            if keep is not None:
+                a = a * keep[:, None, None]
+            pad = [(0, 0)] * len(lead)
+            a_rows.append(jnp.pad(a, pad + [(0, 0), (0, rank - a.shape[-1])]))
+            b_rows.append(jnp.pad(b * c.scale, pad + [(0, rank - a.shape[-1]), (0, 0)]))
+        out[layer + ("a",)] = jnp.stack(a_rows, axis=len(lead))
+        out[layer + ("b",)] = jnp.stack(b_rows, axis=len(lead))
     targets = tuple(dict.fromkeys(t for _, c in used for t in c.targets))
     return _unflatten(out), LoraConfig(rank=rank, alpha=float(rank), targets=targets)
 
@@ -236,7 +299,7 @@ class Adapter:
     """
 
     tree: PyTree
-    """``{"layers_0": {"attn": {"q_proj": {"a": [Din, R], "b": [R, Dout]}}}, ...}``."""
+    """``{"layers": {"attn": {"q_proj": {"a": [L, Din, R], "b": [L, R, Dout]}}}, ...}`` (stacked over layers)."""
     config: LoraConfig = flax.struct.field(pytree_node=False)
     """Which layers, rank, alpha (scale), dropout."""
 

@@ -4,6 +4,7 @@ diagnostics, paired differences, examples) appears exactly when the evaluation h
 collapse claims tell a collapsed policy from a diverse one, and the monitor claim reads the PPO
 logs as worked out by hand."""
 
+import dataclasses
 import json
 import types
 
@@ -149,6 +150,15 @@ def test_header_says_the_miniature_is_the_miniature(small, big):
     assert "miniature" not in full and NOT_CHECKED not in full and "`rlhf-jax demo --out runs/d`" in full
     part = "\n".join(header(DemoConfig(), "runs/d", claims(big, _hist(60, 1.0, 0.0), _hist(30, 3.0, 0.0)), 600.0))
     assert f"3 of 11 claims need a bigger run than this one and are marked *{NOT_CHECKED}*" in part
+    # the flags that add GRPO / DPO runs are named; other step counts are a custom configuration
+    q = DemoConfig.quick()
+    few = claims(small, _hist(3, 1.0), _hist(3, 3.0))
+    both = dataclasses.replace(q, grpo_steps=q.ppo_steps, dpo_steps=q.reward_steps)
+    assert "`rlhf-jax demo --quick --grpo --dpo --out runs/q`" in "\n".join(header(both, "runs/q", few, 60.0))
+    dpo = dataclasses.replace(DemoConfig(), dpo_steps=DemoConfig().reward_steps)
+    assert "`rlhf-jax demo --dpo --out runs/d`" in "\n".join(header(dpo, "runs/d", few, 60.0))
+    odd = "\n".join(header(dataclasses.replace(q, dpo_steps=1), "runs/q", few, 60.0))
+    assert "with a custom configuration" in odd and "(miniature)" not in odd
 
 
 def test_family_section(big):

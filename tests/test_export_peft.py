@@ -46,7 +46,8 @@ def test_peft_loads_our_adapter_with_our_logits(hf_checkpoints, tmp_path, kind):
 
     peft_model = PeftModel.from_pretrained(load_hf(folder), out).eval()
     hf_lora = sorted(n[: -len(".lora_A")] for n, _ in peft_model.named_modules() if n.endswith(".lora_A"))
-    assert len(hf_lora) == len(adapted_layers(lora))
+    selected = [lora_config.layer_selection("/".join(layer), cfg.num_layers) for layer in adapted_layers(lora)]
+    assert len(hf_lora) == sum(map(sum, selected))  # the stacked adapter unstacked, selected layers only
     if per_layer:
         assert len(hf_lora) == per_layer * cfg.num_layers
     if kind == "gpt2":
@@ -108,10 +109,12 @@ def test_mismatches_are_named(hf_checkpoints, tmp_path):
     lc = LoraConfig(rank=2, alpha=4.0, targets=("q_proj",))
     lora = random_lora(cfg, lc)
     # an adapter layer the model lacks, and a rank that differs from the config's
-    extra = dict(lora, layers_5={"attn": {"q_proj": lora["layers_0"]["attn"]["q_proj"]}})
-    with pytest.raises(ExportError, match=r"layers not in the base model: \['layers_5/attn/q_proj'\]"):
+    q = lora["layers"]["attn"]["q_proj"]
+    extra = {"layers": {"attn": {"q_proj": q, "x_proj": q}}}
+    with pytest.raises(ExportError, match=r"layers not in the base model: \['layers/attn/x_proj'\]"):
         save_peft_adapter(tmp_path / "x", cfg, extra, lc)
-    with pytest.raises(ExportError, match=r"layers_0/attn/q_proj has a \(32, 2\), b \(2, 32\).*rank 3 wants a \(32, 3\)"):
+    with pytest.raises(ExportError, match=r"layers/attn/q_proj has a \(2, 32, 2\), b \(2, 2, 32\).*rank 3 wants "
+                                          r"a \(2, 32, 3\)"):
         save_peft_adapter(tmp_path / "x", cfg, lora, LoraConfig(rank=3, alpha=4.0))
     with pytest.raises(ExportError, match="layers not in the base model"):  # merged export checks too
         export_from_checkpoint(cfg, base, extra, lc, str(tmp_path / "x"), format="hf")

@@ -11,13 +11,17 @@ from rlhf_jax.model import Transformer
 
 def random_lora(cfg, lora_config: LoraConfig, seed: int = 0, b_std: float = 0.2):
     """An adapter with random A and a nonzero random B (so it changes the model); the tree's
-    structure is ``init_lora``'s, the values NumPy's (no XLA compilations)."""
+    structure is ``init_lora``'s, the values NumPy's (no XLA compilations). Rows of layers the
+    targets do not select are zero, as ``init_lora`` makes them."""
     model = Transformer(cfg, lora=lora_config)
     shapes = _flatten(jax.eval_shape(lambda k: init_lora(model, k), jax.random.PRNGKey(0)))
     rng = np.random.default_rng(seed)
     std = {"a": 0.3, "b": b_std}
-    return _unflatten({p: jnp.asarray(std[p[-1]] * rng.standard_normal(s.shape), jnp.float32)
-                       for p, s in sorted(shapes.items())})
+    out = {}
+    for p, s in sorted(shapes.items()):
+        keep = np.asarray(lora_config.layer_selection("/".join(p[:-1]), s.shape[0]), np.float32)
+        out[p] = jnp.asarray(std[p[-1]] * rng.standard_normal(s.shape) * keep[:, None, None], jnp.float32)
+    return _unflatten(out)
 
 
 def random_params(cfg, seed: int = 0):

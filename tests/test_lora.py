@@ -35,14 +35,15 @@ def test_adapter_tree_structure_and_identity_at_init(cfg):
     model, base, lora, tokens = _setup(cfg)
     layers = adapted_layers(lora)
     expected = (["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.arch == "llama" else ["c_attn", "c_proj"])
-    for i in range(cfg.num_layers):
-        for name in expected:
-            assert (f"layers_{i}", "attn", name) in layers
-    for layer in layers:  # every adapter: A [Din, R] random, B [R, Dout] zero
+    for name in expected:  # stacked over the layers: one tree entry per dense layer
+        assert ("layers", "attn", name) in layers
+    for layer in layers:  # every adapter: A [L, Din, R] random, B [L, R, Dout] zero
         node = lora
         for n in layer:
             node = node[n]
-        assert node["a"].shape[1] == 4 and node["b"].shape[0] == 4
+        assert node["a"].shape[0] == node["b"].shape[0] == cfg.num_layers
+        assert node["a"].shape[2] == 4 and node["b"].shape[1] == 4
+        assert np.all(np.any(np.asarray(node["a"]) != 0, axis=(1, 2)))  # every layer's A is random
         assert not np.any(np.asarray(node["b"]))
     with_adapter = model.apply({"params": base, "lora": lora}, tokens).logits
     without = model.apply({"params": base}, tokens).logits
@@ -51,7 +52,37 @@ def test_adapter_tree_structure_and_identity_at_init(cfg):
 
 def test_targets_select_layers():
     model, _, lora, _ = _setup(GPT2, LoraConfig(rank=2, targets=("attn/c_proj",)))
-    assert adapted_layers(lora) == [("layers_0", "attn", "c_proj"), ("layers_1", "attn", "c_proj")]
+    assert adapted_layers(lora) == [("layers", "attn", "c_proj")]
+
+
+def test_a_per_layer_target_adapts_that_layer_only():
+    """``layers_1/attn/q_proj`` selects one layer of the stacked q_proj: layer 0's rows start at
+    zero, get no gradient, stay zero under Adam, and the merged base differs in layer 1 only."""
+    lcfg = LoraConfig(rank=2, alpha=4.0, targets=("layers_1/attn/q_proj",))
+    assert lcfg.layer_selection("layers/attn/q_proj", 2) == (False, True)
+    assert lcfg.layer_selection("layers/attn/k_proj", 2) == (False, False)
+    model, base, lora, tokens = _setup(LLAMA, lcfg)
+    assert adapted_layers(lora) == [("layers", "attn", "q_proj")]
+    q = lambda t: t["layers"]["attn"]["q_proj"]
+    assert not np.any(np.asarray(q(lora)["a"][0])) and np.any(np.asarray(q(lora)["a"][1]))
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(lora)
+    for _ in range(3):
+        grads = jax.grad(lambda l: _lm_loss(model, base, l, tokens))(lora)
+        assert not np.any(np.asarray(q(grads)["a"][0])) and not np.any(np.asarray(q(grads)["b"][0]))
+        updates, opt_state = opt.update(grads, opt_state)
+        lora = optax.apply_updates(lora, updates)
+    assert not np.any(np.asarray(q(lora)["a"][0])) and np.any(np.asarray(q(lora)["b"][1]))
+    merged = merge_lora(base, lora, scale=lcfg.scale)
+    np.testing.assert_array_equal(np.asarray(q(merged)["kernel"][0]), np.asarray(q(base)["kernel"][0]))
+    assert np.any(np.asarray(q(merged)["kernel"][1]) != np.asarray(q(base)["kernel"][1]))
+    adapted = model.apply({"params": base, "lora": lora}, tokens).logits
+    np.testing.assert_allclose(np.asarray(Transformer(LLAMA).apply({"params": merged}, tokens).logits),
+                               np.asarray(adapted), atol=1e-5)
+    # rows of an unselected layer do nothing even when they are not zero (the layer masks them)
+    noisy = jax.tree_util.tree_map(lambda x: x.at[0].add(1.0), lora)
+    np.testing.assert_array_equal(np.asarray(model.apply({"params": base, "lora": noisy}, tokens).logits),
+                                  np.asarray(adapted))
 
 
 @pytest.mark.parametrize("cfg", [LLAMA, GPT2], ids=["llama", "gpt2"])

@@ -93,17 +93,17 @@ def test_stack_pads_ranks_folds_scales_and_fills_missing_layers():
     base, tokens, mask, groups = _setup(LLAMA)
     tree, lcfg = stack_adapters(groups)
     assert lcfg.rank == 4 and lcfg.scale == 1.0 and lcfg.dropout == 0.0
-    q = tree["layers_0"]["attn"]["q_proj"]
-    assert q["a"].shape == (4, 32, 4) and q["b"].shape == (4, 4, 32)
-    a_b = groups[2][0]["layers_0"]["attn"]["q_proj"]  # rank 2, scale 3.5
-    np.testing.assert_array_equal(np.asarray(q["a"][2, :, :2]), np.asarray(a_b["a"]))
-    np.testing.assert_array_equal(np.asarray(q["a"][2, :, 2:]), 0.0)
-    np.testing.assert_allclose(np.asarray(q["b"][2, :2]), 3.5 * np.asarray(a_b["b"]), rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(q["b"][2, 2:]), 0.0)
-    np.testing.assert_array_equal(np.asarray(q["a"][1]), 0.0)  # the base group
-    np.testing.assert_array_equal(np.asarray(q["a"][3]), 0.0)  # CFG_C does not adapt q_proj
-    down = tree["layers_1"]["mlp"]["down_proj"]
-    np.testing.assert_array_equal(np.asarray(down["b"][2]), 0.0)
+    q = tree["layers"]["attn"]["q_proj"]  # [L, G, ...]: the group axis after the layer axis
+    assert q["a"].shape == (2, 4, 32, 4) and q["b"].shape == (2, 4, 4, 32)
+    a_b = groups[2][0]["layers"]["attn"]["q_proj"]  # rank 2, scale 3.5
+    np.testing.assert_array_equal(np.asarray(q["a"][:, 2, :, :2]), np.asarray(a_b["a"]))
+    np.testing.assert_array_equal(np.asarray(q["a"][:, 2, :, 2:]), 0.0)
+    np.testing.assert_allclose(np.asarray(q["b"][:, 2, :2]), 3.5 * np.asarray(a_b["b"]), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(q["b"][:, 2, 2:]), 0.0)
+    np.testing.assert_array_equal(np.asarray(q["a"][:, 1]), 0.0)  # the base group
+    np.testing.assert_array_equal(np.asarray(q["a"][:, 3]), 0.0)  # CFG_C does not adapt q_proj
+    down = tree["layers"]["mlp"]["down_proj"]
+    np.testing.assert_array_equal(np.asarray(down["b"][:, 2]), 0.0)
     assert stack_adapters([(None, None), (None, None)]) == (None, None)
 
 

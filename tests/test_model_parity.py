@@ -57,3 +57,18 @@ def test_cached_decoding_matches_full_forward_and_transformers(hf_checkpoints, k
     assert np.max(np.abs(cached[real] - full[real])) <= 1e-4
     assert np.max(np.abs(cached[real] - ref[real])) <= 1e-4
     assert int(cache.index) == tokens.shape[1]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_logits_match_transformers_with_the_scale_options(hf_checkpoints, kind):
+    """Unrolled layers + remat + query-chunked attention (a chunk that does not divide T), set
+    through load_pretrained's overrides: still transformers' logits within 1e-4."""
+    folder, tmodel = hf_checkpoints[kind]
+    cfg, params, _ = load_pretrained(folder, tokenizer=False, scan_layers=False, remat="block",
+                                     attention="chunked", attention_chunk=4)
+    assert (cfg.scan_layers, cfg.remat, cfg.attention) == (False, "block", "chunked")
+    tokens, mask = left_padded_batch()
+    ours = jax.jit(lambda p: Transformer(cfg).apply({"params": p}, jnp.asarray(tokens),
+                                                    attention_mask=jnp.asarray(mask)).logits)(params)
+    real = mask.astype(bool)
+    assert np.max(np.abs(np.asarray(ours)[real] - torch_logits(tmodel, tokens, mask)[real])) <= 1e-4

@@ -62,3 +62,30 @@ def test_rollouts_stop_at_the_end_of_turn_and_score_as_transformers(tmp_path):
     assert plain.sampler.config.eos_ids == (0,)
     rows = _rows(plain.batches(0, FitContext(plain.state, base, None))[0].rollout)
     assert any(end in r[:-1] for r in rows)
+
+
+def test_grpo_reads_conversational_prompts_through_the_template(tmp_path):
+    """GRPO takes its prompts the way PPO does: the chat template's generation prompt, stop at
+    ``<|im_end|>``, the reward functions get the conversation (message lists) itself."""
+    from rlhf_jax.train import GRPOConfig, prepare_grpo
+
+    model = chat_model_folder(tmp_path / "model")
+    cfg, base, tok = load_pretrained(model)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    chats = EXAMPLES["conversational_prompt_only"] * 2
+    seen = []
+
+    def reward(prompts, completions):
+        seen.extend(prompts)
+        return [float(len(c)) for c in completions]
+
+    run = prepare_grpo(cfg, base, tok, chats, reward, GRPOConfig(
+        batch_size=2, group_size=2, policy_lora=LoraConfig(rank=2, alpha=4.0), sampling=SamplingConfig(max_new_tokens=8)))
+    assert run.sampling.eos_ids == (0, end) and run.report.format == "conversational_prompt_only"
+    prompt = tok.apply_chat_template(chats[0]["prompt"], tokenize=False, add_generation_prompt=True)
+    mask0 = np.asarray(run.prompts.batch.mask[0]) > 0
+    assert np.asarray(run.prompts.batch.tokens[0])[mask0].tolist() == tok(prompt, add_special_tokens=False)["input_ids"]
+    batch, _ = run.batches(0, FitContext(run.state, base, None))
+    for r in _rows(batch.rollout):
+        assert end not in r[:-1] and 0 not in r[:-1]
+    assert len(seen) == 4 and all(isinstance(p, list) and p[0]["role"] for p in seen)

@@ -33,14 +33,14 @@ def test_two_processes_match_one_process(tmp_path):
         # fsdp spans the processes, tensor stays inside each: process i holds rows 4i..4i+3
         assert r["mesh_device_processes"] == [[0, 0], [1, 1]]
         assert r["rows"] == [4 * i, 4 * i + 4]
-        # a q_proj kernel [32, 32] is split over fsdp x tensor: this process holds two 16 x 16 blocks
+        # a q_proj kernel [L, 32, 32] is split over fsdp x tensor: this process holds two L x 16 x 16 blocks
         q = r["q_proj"]
-        assert q["spec"] == ["fsdp", "tensor"] and q["shard_shapes"] == [[16, 16]]
+        assert q["spec"] == [None, "fsdp", "tensor"] and q["shard_shapes"] == [[2, 16, 16]]
         assert q["devices"] == 4 and not q["fully_addressable"]
         np.testing.assert_allclose(r["losses"], ref["losses"], atol=1e-5, rtol=0)
     assert ref["losses"][-1] != ref["losses"][0]
     got, want = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
-    assert sorted(got.files) == sorted(want.files) and "model/tree/layers_0/attn/q_proj/b" in want.files
+    assert sorted(got.files) == sorted(want.files) and "model/tree/layers/attn/q_proj/b" in want.files
     for name in want.files:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
     assert max(np.max(np.abs(want[n])) for n in want.files if n.endswith("/b")) > 1e-4  # B moved from 0

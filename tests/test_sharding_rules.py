@@ -34,33 +34,33 @@ def flat_specs(tree, axes=AXES, rules=None):
 
 
 def test_llama_specs_by_path():
-    col, row = P("fsdp", "tensor"), P("tensor", "fsdp")
+    # stacked block leaves [L, ...]: an unsharded layer axis in front of the per-layer rule
+    col, row, tp = P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp"), P(None, "tensor")
     want = {
         "embed/embedding": P("tensor", "fsdp"), "lm_head": P("fsdp", "tensor"), "final_norm/scale": P(),
-        "layers_0/attn_norm/scale": P(), "layers_0/mlp_norm/scale": P(),
-        "layers_0/attn/q_proj/kernel": col, "layers_0/attn/k_proj/kernel": col, "layers_0/attn/v_proj/kernel": col,
-        "layers_0/attn/q_proj/bias": P("tensor"), "layers_0/attn/k_proj/bias": P("tensor"),
-        "layers_0/attn/v_proj/bias": P("tensor"),
-        "layers_0/attn/o_proj/kernel": row, "layers_0/attn/o_proj/bias": P(),
-        "layers_0/mlp/gate_proj/kernel": col, "layers_0/mlp/up_proj/kernel": col,
-        "layers_0/mlp/gate_proj/bias": P("tensor"), "layers_0/mlp/up_proj/bias": P("tensor"),
-        "layers_0/mlp/down_proj/kernel": row, "layers_0/mlp/down_proj/bias": P(),
+        "layers/attn_norm/scale": P(), "layers/mlp_norm/scale": P(),
+        "layers/attn/q_proj/kernel": col, "layers/attn/k_proj/kernel": col, "layers/attn/v_proj/kernel": col,
+        "layers/attn/q_proj/bias": tp, "layers/attn/k_proj/bias": tp, "layers/attn/v_proj/bias": tp,
+        "layers/attn/o_proj/kernel": row, "layers/attn/o_proj/bias": P(),
+        "layers/mlp/gate_proj/kernel": col, "layers/mlp/up_proj/kernel": col,
+        "layers/mlp/gate_proj/bias": tp, "layers/mlp/up_proj/bias": tp,
+        "layers/mlp/down_proj/kernel": row, "layers/mlp/down_proj/bias": P(),
     }
     assert flat_specs(shapes(LLAMA)[0]) == want
     assert flat_specs(shapes(LLAMA)[0], rules=default_rules("llama")) == want
 
 
 def test_gpt2_specs_by_path():
-    col, row = P("fsdp", "tensor"), P("tensor", "fsdp")
+    col, row = P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp")
     want = {
         "embed/embedding": P("tensor", "fsdp"), "pos_embed/embedding": P(None, "fsdp"),
         "final_norm/scale": P(), "final_norm/bias": P(),
-        "layers_0/attn_norm/scale": P(), "layers_0/attn_norm/bias": P(),
-        "layers_0/mlp_norm/scale": P(), "layers_0/mlp_norm/bias": P(),
-        "layers_0/attn/c_attn/kernel": col, "layers_0/attn/c_attn/bias": P("tensor"),
-        "layers_0/attn/c_proj/kernel": row, "layers_0/attn/c_proj/bias": P(),
-        "layers_0/mlp/c_fc/kernel": col, "layers_0/mlp/c_fc/bias": P("tensor"),
-        "layers_0/mlp/c_proj/kernel": row, "layers_0/mlp/c_proj/bias": P(),
+        "layers/attn_norm/scale": P(), "layers/attn_norm/bias": P(),
+        "layers/mlp_norm/scale": P(), "layers/mlp_norm/bias": P(),
+        "layers/attn/c_attn/kernel": col, "layers/attn/c_attn/bias": P(None, "tensor"),
+        "layers/attn/c_proj/kernel": row, "layers/attn/c_proj/bias": P(),
+        "layers/mlp/c_fc/kernel": col, "layers/mlp/c_fc/bias": P(None, "tensor"),
+        "layers/mlp/c_proj/kernel": row, "layers/mlp/c_proj/bias": P(),
         "lm_head": P("fsdp", "tensor"),
     }
     got = flat_specs(shapes(GPT2)[0], rules=default_rules("gpt2"))
@@ -76,9 +76,23 @@ def test_lora_leaves_follow_their_kernel(config):
     for path, spec in adapter.items():
         layer, leaf = path.rsplit("/", 1)
         k = kernel[f"{layer}/kernel"]
-        # x A B has the layout of x W: A [Din, R] splits Din like W, B [R, Dout] splits Dout like W
-        assert spec == (P(k[0], None) if leaf == "a" else P(None, k[1])), path
-    assert adapter["layers_0/attn/q_proj/a" if config.arch == "llama" else "layers_0/attn/c_attn/a"] == P("fsdp", None)
+        # x A B has the layout of x W: A [L, Din, R] splits Din like W, B [L, R, Dout] splits Dout like W
+        assert spec == (P(None, k[1], None) if leaf == "a" else P(None, None, k[2])), path
+    assert adapter["layers/attn/q_proj/a" if config.arch == "llama" else "layers/attn/c_attn/a"] == P(None, "fsdp", None)
+
+
+def test_quantized_kernels_follow_their_kernel():
+    from rlhf_jax.model import quantize_base
+
+    base, _ = shapes(LLAMA)
+    params = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), base)
+    int8 = flat_specs(quantize_base(params, "int8"))
+    assert int8["layers/attn/q_proj/kernel/q"] == P(None, "fsdp", "tensor")
+    assert int8["layers/attn/q_proj/kernel/scale"] == P(None, "tensor")  # per output column
+    assert int8["layers/mlp/down_proj/kernel/scale"] == P(None, "fsdp")
+    nf4 = flat_specs(quantize_base(params, "nf4"))  # flat row-major codes: split like the rows
+    assert nf4["layers/attn/o_proj/kernel/packed"] == nf4["layers/attn/o_proj/kernel/absmax"] == P(None, "tensor")
+    assert nf4["layers/attn/q_proj/kernel/packed"] == P(None, "fsdp") and int8["lm_head"] == P("fsdp", "tensor")
 
 
 def test_optimizer_state_and_nested_trees_follow_params():
@@ -135,10 +149,10 @@ def test_one_device_mesh_places_params_and_batches():
     assert all(t == AxisType.Auto for t in mesh.axis_types)
     params = jax.jit(Transformer(LLAMA).init)(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))["params"]
     placed = shard_params(params, mesh, dtype=jnp.bfloat16)
-    q = placed["layers_0"]["attn"]["q_proj"]["kernel"]
-    assert q.dtype == jnp.bfloat16 and q.sharding.spec == P("fsdp", "tensor")
+    q = placed["layers"]["attn"]["q_proj"]["kernel"]
+    assert q.dtype == jnp.bfloat16 and q.sharding.spec == P(None, "fsdp", "tensor")
     np.testing.assert_array_equal(np.asarray(q, np.float32),
-                                  np.asarray(params["layers_0"]["attn"]["q_proj"]["kernel"].astype(jnp.bfloat16),
+                                  np.asarray(params["layers"]["attn"]["q_proj"]["kernel"].astype(jnp.bfloat16),
                                              np.float32))
     assert param_shardings(params, mesh)["lm_head"].spec == P("fsdp", "tensor")
     batch = shard_batch({"ids": np.arange(12).reshape(6, 2), "n": np.float32(3.0), "none": None}, mesh)

@@ -23,7 +23,7 @@ def test_sft_and_reward_trainers_on_a_mesh_match_one_device(result, name):
 
 
 def test_full_finetuning_parameters_are_sharded(result):
-    assert result["sft_full"]["q_spec"] == ["fsdp", "tensor"]
+    assert result["sft_full"]["q_spec"] == ["None", "fsdp", "tensor"]  # [L, Din, Dout]
 
 
 def test_ppo_trainer_on_a_mesh_matches_one_device(result):
@@ -31,4 +31,4 @@ def test_ppo_trainer_on_a_mesh_matches_one_device(result):
     for key in ("score", "kl", "loss", "value_loss"):
         np.testing.assert_allclose(ppo[key][1], ppo[key][0], atol=TOL, rtol=0)
     assert ppo["param_diff"] <= TOL
-    assert ppo["b_spec"] == ["None", "tensor"]
+    assert ppo["b_spec"] == ["None", "None", "tensor"]

@@ -93,8 +93,8 @@ def test_one_base_copy_with_ingraph_reward_and_critic_from_reward():
                      policy_lora=LoraConfig(rank=2, alpha=4.0))
     # the critic starts as the reward model: same adapter, head folded with the normalisation
     critic = critic_from_reward(rm)
-    np.testing.assert_array_equal(np.asarray(critic["model"].tree["layers_0"]["attn"]["q_proj"]["b"]),
-                                  np.asarray(rm_lora["layers_0"]["attn"]["q_proj"]["b"]))
+    np.testing.assert_array_equal(np.asarray(critic["model"].tree["layers"]["attn"]["q_proj"]["b"]),
+                                  np.asarray(rm_lora["layers"]["attn"]["q_proj"]["b"]))
     assert critic["model"].config == rl
     np.testing.assert_allclose(np.asarray(critic["head"]["bias"]), 2.0 * 0.0 + 0.5)
     np.testing.assert_allclose(np.asarray(critic["head"]["kernel"]), 2.0 * np.asarray(rm.head["kernel"]))

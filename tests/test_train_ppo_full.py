@@ -108,7 +108,7 @@ def test_full_critic_starts_from_the_merged_reward_adapter(setup):
     assert isinstance(full.state.params["critic"]["model"], dict)  # None stays full despite critic_init="reward"
     assert lora_crit["model"].config == rm.model.config
     merged = merge_lora(base, rm.model.tree, scale=rm.model.scale)
-    q = lambda tree: tree["layers_0"]["attn"]["q_proj"]["kernel"]
+    q = lambda tree: tree["layers"]["attn"]["q_proj"]["kernel"]
     np.testing.assert_array_equal(q(crit["model"]), np.asarray(q(merged)))
     assert np.any(q(crit["model"]) != q(before))  # the adapter really is in there
     jax.tree_util.tree_map(np.testing.assert_array_equal, crit["model"], to_np(merged))
@@ -137,10 +137,10 @@ def test_full_state_shards_by_path_on_a_one_device_mesh(setup):
     mesh = MeshConfig(data=1)
     state = make_ppo(cfg, make_optimizer(OptimConfig()), _config(1)).init(jax.random.PRNGKey(0), base)
     state = shard_params(state, make_mesh(mesh))
-    q = state.params["policy"]["layers_0"]["attn"]["q_proj"]["kernel"]
-    assert tuple(q.sharding.spec) == ("fsdp", "tensor")  # the base's rule, found by path
-    mu = state.opt_state[1][0].mu["critic"]["model"]["layers_0"]["mlp"]["down_proj"]["kernel"]
-    assert tuple(mu.sharding.spec) == ("tensor", "fsdp")
+    q = state.params["policy"]["layers"]["attn"]["q_proj"]["kernel"]
+    assert tuple(q.sharding.spec) == (None, "fsdp", "tensor")  # the base's rule, found by path; [L, Din, Dout]
+    mu = state.opt_state[1][0].mu["critic"]["model"]["layers"]["mlp"]["down_proj"]["kernel"]
+    assert tuple(mu.sharding.spec) == (None, "tensor", "fsdp")
     # (a step on this mesh runs in the CLI test below: --mesh data=1)
 
 

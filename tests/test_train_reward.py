@@ -32,8 +32,9 @@ def _ranked(n=48):
 def trained():
     cfg, tok = tiny_config(), tiny_tokenizer()
     base = tiny_base(cfg)
+    # learning rate 3e-3: at 1e-2 Adam's steps on a loss already near 0 throw this init off at step 24
     res = train_reward_model(cfg, base, tok, _pairs(), RewardConfig(
-        batch_size=16, max_length=8, eval_fraction=0.25, optim=OptimConfig(learning_rate=1e-2),
+        batch_size=16, max_length=8, eval_fraction=0.25, optim=OptimConfig(learning_rate=3e-3),
         run=RunConfig(max_steps=25, progress=False)))
     return cfg, tok, base, res
 

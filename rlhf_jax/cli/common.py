@@ -154,7 +154,8 @@ def add_reward_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
                         "*ForSequenceClassification folder (detected from its config.json; shares --model's base "
                         "when its body has the same weights)" + ("" if not required else
                                                                  "; --reward and/or --reward_fn is required"))
-    p.add_argument("--reward_fn", action="append", default=[], metavar="MODULE:FUNCTION[:WEIGHT]",
+    p.add_argument("--reward_fn", "--reward-fn", dest="reward_fn", action="append", default=[],
+                   metavar="MODULE:FUNCTION[:WEIGHT]",
                    help="a Python reward fn(prompts, completions) -> one float per completion (a module importable "
                         "from the working directory, or path/to/file.py:function); repeatable; with --reward or "
                         "several, the score is the weighted sum (weight default 1)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 
@@ -15,9 +16,9 @@ def cmd_demo(args) -> int:
         with open(args.config) as f:
             cfg = build_config(DemoConfig, json.load(f), base=cfg)
     if args.grpo and not cfg.grpo_steps:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, grpo_steps=cfg.ppo_steps)
+    if args.dpo and not cfg.dpo_steps:
+        cfg = dataclasses.replace(cfg, dpo_steps=cfg.reward_steps)
     run_demo(cfg, args.out, progress=not args.no_progress)
     return 0
 
@@ -30,5 +31,8 @@ def add_demo_command(sub) -> None:
     p.add_argument("--grpo", action="store_true",
                    help="also train GRPO (the same reward model, KL coefficient, steps and episodes per step as "
                         "PPO) and compare it with PPO in the report")
+    p.add_argument("--dpo", action="store_true",
+                   help="also train DPO on the labelers' preference pairs (as many steps as the reward model, the "
+                        "same pairs and held-out split) and compare it with PPO in the report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -89,6 +89,15 @@ class DemoConfig:
     ``grpo_group_size`` completions), evaluated and reported with the others; 0: no GRPO run."""
     grpo_group_size: int = 4
     """G: completions per prompt of the GRPO run (a divisor of ``ppo_batch_size``)."""
+    dpo_steps: int = 0
+    """DPO steps of a run next to PPO's (``rlhf-jax demo --dpo``: as many as the reward model's): the
+    labelers' preference pairs with the reward model's batch size and held-out fraction (split by
+    the same seed), a policy adapter like PPO's on the SFT model (the reference: the adapter off),
+    evaluated and reported with the others; 0: no DPO run."""
+    dpo_beta: float = 0.1
+    """DPO's beta (the implicit reward's scale; TRL's default)."""
+    dpo_learning_rate: float = 1e-3
+    """DPO learning rate (the policy adapter)."""
     eval_prompts: int = 200
     """Held-out prompts in the evaluation."""
     eval_samples: int = 4
@@ -96,6 +105,9 @@ class DemoConfig:
 
     def __post_init__(self):
         at_least(self, "grpo_steps", 0, integer=True)
+        at_least(self, "dpo_steps", 0, integer=True)
+        positive(self, "dpo_beta")
+        positive(self, "dpo_learning_rate")
         at_least(self, "grpo_group_size", 2, integer=True)
         check(self, "grpo_group_size", self.ppo_batch_size % self.grpo_group_size == 0,
               f"a divisor of ppo_batch_size = {self.ppo_batch_size}")

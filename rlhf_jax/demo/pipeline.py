@@ -27,8 +27,8 @@ from rlhf_jax.demo.plots import plot_hacking, plot_overoptimisation
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
 from rlhf_jax.scoring import EnsembleScorer, GapMonitor, ModelScorer, normalize_on_samples, save_reward_model
-from rlhf_jax.train import (GRPOConfig, OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, metric_stop,
-                            train_grpo, train_ppo, train_reward_ensemble, train_sft)
+from rlhf_jax.train import (DPOConfig, GRPOConfig, OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, metric_stop,
+                            train_dpo, train_grpo, train_ppo, train_reward_ensemble, train_sft)
 
 
 class Stages:
@@ -215,6 +215,25 @@ def run_grpo(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage, out: 
     return res
 
 
+def run_dpo(cfg: DemoConfig, world, mc, sft_params, pairs, out: str, *, stages: Stages, progress: bool):
+    """DPO on the reward model's preference pairs (same batch size, steps given by ``dpo_steps``,
+    the same held-out fraction and seed, so the same split): a policy adapter like PPO's on the SFT
+    model, whose reference is the SFT model itself (the adapter off: no copy)."""
+    prompt_room = cfg.max_length - cfg.max_new_tokens - 1  # completions: max_new_tokens + EOS
+    res = train_dpo(mc, sft_params, world.tokenizer, pairs,
+                    DPOConfig(lora=cfg.policy_lora, beta=cfg.dpo_beta, batch_size=cfg.reward_batch_size,
+                              max_prompt_length=prompt_room, max_completion_length=cfg.max_new_tokens + 1,
+                              pad_multiple=1, eval_fraction=0.2, eval_every=min(cfg.reward_eval_every, cfg.dpo_steps),
+                              optim=OptimConfig(learning_rate=cfg.dpo_learning_rate),
+                              run=RunConfig(max_steps=cfg.dpo_steps, seed=cfg.seed, out_dir=os.path.join(out, "dpo"),
+                                            progress=progress, resume="never")))
+    h = res.history
+    stages.done("dpo", f"loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}; held-out preference accuracy "
+                       f"{res.eval.get('eval_accuracy', float('nan')):.3f}, margin {res.eval.get('eval_margin', float('nan')):.3f} "
+                       f"after {len(h)} steps ({res.report.summary()})")
+    return res
+
+
 def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage, policies: dict, out: str,
                    stages: Stages, progress: bool):
     from rlhf_jax.evaluate import EvalConfig, ModelSpec, evaluate
@@ -257,11 +276,14 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
     hack = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
                    stages=stages, progress=progress)
     grpo = run_grpo(cfg, world, mc, sft.params, rewards, out, stages=stages, progress=progress) if cfg.grpo_steps else None
+    dpo = run_dpo(cfg, world, mc, sft.params, pairs, out, stages=stages, progress=progress) if cfg.dpo_steps else None
     runs = {"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history}
     policies = {"ppo": ppo.state.params["policy"], "ppo_no_kl": hack.state.params["policy"]}
     if grpo is not None:
         runs["grpo (KL %.2g)" % cfg.kl_coef] = grpo.history
         policies["grpo"] = grpo.state.params
+    if dpo is not None:
+        policies["dpo"] = dpo.policy
     plot_hacking(runs, os.path.join(out, "reward_hacking.png"))
     if rewards.held_out:
         plot_overoptimisation(runs, os.path.join(out, "overoptimisation.png"), key=MONITOR, threshold=cfg.gap_threshold,
@@ -273,6 +295,6 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
                    lora=policy.tree, lora_config=policy.config)
     stages.done("export", f"Hugging Face folders in {out}/export (sft, ppo_policy merged)")
     summary = write_report(out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
-                           validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report, grpo=grpo)
+                           validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report, grpo=grpo, dpo=dpo)
     stages.done("report", f"{out}/report.md")
     return summary

@@ -22,14 +22,31 @@ MAIN_METRICS = ("reward", "gold", "on_topic", "toxicity", "toxic_rate", "hype", 
 """The metrics of the per-family table, those present in the evaluation, in this order."""
 
 
+def without_extra_runs(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` without the optional GRPO and DPO runs (what ``--quick`` or the defaults are compared with)."""
+    return dataclasses.replace(cfg, grpo_steps=0, dpo_steps=0)
+
+
+def extra_run_flags(cfg: DemoConfig) -> str | None:
+    """The command-line flags that add ``cfg``'s GRPO / DPO runs (``""`` for none), or ``None``
+    when their step counts are not the ones the flags set."""
+    parts = []
+    for flag, steps, default in (("--grpo", cfg.grpo_steps, cfg.ppo_steps), ("--dpo", cfg.dpo_steps, cfg.reward_steps)):
+        if steps:
+            if steps != default:
+                return None
+            parts.append(" " + flag)
+    return "".join(parts)
+
+
 def header(cfg, out: str, checked: list[Claim], seconds: float) -> list[str]:
     """Title, how the run was made, and for the miniature (or any run too small for some
     claims) what that means."""
-    plain = dataclasses.replace(cfg, grpo_steps=0)  # --grpo: the same demo plus a GRPO run
-    grpo = " --grpo" if cfg.grpo_steps == cfg.ppo_steps else ""
-    quick = plain == DemoConfig.quick() and (grpo or not cfg.grpo_steps)
-    command = (f"`rlhf-jax demo --quick{grpo} --out {out}`" if quick else f"`rlhf-jax demo{grpo} --out {out}`"
-               if plain == DemoConfig() and (grpo or not cfg.grpo_steps) else
+    plain = without_extra_runs(cfg)  # --grpo / --dpo: the same demo plus a GRPO / DPO run
+    flags = extra_run_flags(cfg)
+    quick = plain == DemoConfig.quick() and flags is not None
+    command = (f"`rlhf-jax demo --quick{flags} --out {out}`" if quick else f"`rlhf-jax demo{flags} --out {out}`"
+               if plain == DemoConfig() and flags is not None else
                f"`rlhf-jax demo --out {out}` with a custom configuration (`summary.json`)")
     lines = ["# rlhf_jax demo: RLHF on the built-in toy world" + (" (miniature)" if quick else ""), ""]
     unchecked = [c for c in checked if not c.checked]
@@ -122,6 +139,24 @@ def grpo_section(report, cfg, ppo, grpo) -> list[str]:
             format_comparison(compare(report, before="ppo", after="grpo"), "ppo", "grpo"), ""]
 
 
+def dpo_section(report, cfg, dpo) -> list[str]:
+    """DPO next to PPO (``rlhf-jax demo --dpo``): trained offline on the labelers' pairs (no reward
+    model, no sampling); its held-out preference metrics and the paired held-out comparison."""
+    if dpo is None or "dpo" not in report.models:
+        return []
+    h, e = dpo.history, dpo.eval
+    get = lambda k: e.get(k, float("nan"))  # noqa: E731
+    return ["## DPO next to PPO", "",
+            f"DPO: {len(h)} steps of {cfg.reward_batch_size} of the labelers' pairs (the reward model's data, "
+            f"{dpo.report.kept} pairs read), beta {cfg.dpo_beta}, the SFT model as the reference (the adapter "
+            f"off), no reward model and no sampling. Loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}; held-out pairs: "
+            f"preference accuracy {get('eval_accuracy'):.3f}, margin {get('eval_margin'):.3f}, implicit rewards "
+            f"chosen {get('eval_rewards_chosen'):.3f} / rejected {get('eval_rewards_rejected'):.3f}. Curves: "
+            "`dpo/dpo_curves.png`.", "",
+            "### PPO (KL) -> DPO on held-out prompts", "",
+            format_comparison(compare(report, before="ppo", after="dpo"), "ppo", "dpo"), ""]
+
+
 def reward_section(cfg, rewards, agreements: list[float]) -> list[str]:
     """The reward models: train vs held-out accuracy of each (the gap shows overfitting), where
     each stopped, its normalisation, and how the RL reward and the monitor use them."""
@@ -181,7 +216,7 @@ def monitor_section(cfg, ppo_hist, hack_hist) -> list[str]:
 
 
 def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation, rewards, ppo, hack, report,
-                 grpo=None) -> dict:
+                 grpo=None, dpo=None) -> dict:
     agreements = [r.agreement for r in stats.table.rows if r.agreement is not None]
     checked = claims(report, ppo.history, hack.history, gap_threshold=cfg.gap_threshold)
     total = sum(stages.durations.values())
@@ -205,13 +240,14 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         *monitor_section(cfg, ppo.history, hack.history),
         *evaluation_section(report),
         *grpo_section(report, cfg, ppo, grpo),
+        *dpo_section(report, cfg, dpo),
         *family_section(report),
         "Full evaluation report: `eval/report.md`; exported models: `export/`.", "",
     ]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
     summary = {
-        "miniature": dataclasses.replace(cfg, grpo_steps=0) == DemoConfig.quick(),
+        "miniature": without_extra_runs(cfg) == DemoConfig.quick(),
         "claims": [{"claim": c.claim, "pass": c.ok, "result": c.result, "checked": c.checked, "measured": c.measured,
                     "needs": c.needs} for c in checked],
         "sizes": checked[0].sizes if checked else {},
@@ -223,6 +259,7 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
                            "steps": len(r.history), **r.eval} for k, r in enumerate(rewards.results)],
         "ppo_last": ppo.history[-1], "ppo_no_kl_last": hack.history[-1],
         **({"grpo_last": grpo.history[-1]} if grpo is not None else {}),
+        **({"dpo_last": dpo.history[-1], "dpo_eval": dpo.eval} if dpo is not None else {}),
         "evaluation": report.means(),
         "evaluation_by_family": {g: report.means(g) for g in report.group_names},
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),

@@ -13,7 +13,8 @@ import numpy as np
 
 from rlhf_jax.lora import _flatten, _unflatten
 from rlhf_jax.model.config import ModelConfig
-from rlhf_jax.model.hf_names import hf_name_table
+from rlhf_jax.model.hf_names import HFTensor, hf_module_table, hf_name_table
+from rlhf_jax.model.quant import quantized_leaves
 
 Path = tuple[str, ...]
 
@@ -35,16 +36,22 @@ def param_shapes(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
     return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes["params"]).items()}
 
 
-def name_table(config: ModelConfig) -> dict[Path, tuple[str, bool]]:
+def name_table(config: ModelConfig) -> dict[str, HFTensor]:
     """:func:`rlhf_jax.model.hf_name_table` (one table for import and export)."""
     return dict(hf_name_table(config))
 
 
-def module_table(config: ModelConfig) -> dict[Path, str]:
-    """``{our dense layer path: Hugging Face module name}`` for every kernel (the layers LoRA can
-    adapt), e.g. ``("layers_0", "attn", "q_proj") -> "model.layers.0.self_attn.q_proj"``."""
-    return {path[:-1]: name[: -len(".weight")] for path, (name, _) in hf_name_table(config).items()
-            if path[-1] == "kernel"}
+def module_table(config: ModelConfig) -> dict[tuple[Path, int], str]:
+    """``{(our stacked dense layer path, layer index): Hugging Face module name}`` for every block
+    kernel (the layers LoRA can adapt), e.g. ``(("layers", "attn", "q_proj"), 0) ->
+    "model.layers.0.self_attn.q_proj"``."""
+    return {where: name for name, where in hf_module_table(config).items()}
+
+
+def layer_name(layer: Path, index: int) -> str:
+    """The per-layer name of one layer of a stacked dense layer, as :class:`LoraConfig` targets
+    see it: ``(("layers", "attn", "q_proj"), 1) -> "layers_1/attn/q_proj"``."""
+    return "/".join((f"{layer[0]}_{index}",) + layer[1:])
 
 
 def flatten(tree: Any) -> dict[Path, Any]:
@@ -55,7 +62,13 @@ def flatten(tree: Any) -> dict[Path, Any]:
 
 
 def check_params(config: ModelConfig, params: Any, *, what: str = "params") -> dict[Path, Any]:
-    """Flatten ``params`` and check it has exactly the paths and shapes ``config`` implies."""
+    """Flatten ``params`` and check it has exactly the paths and shapes ``config`` implies (and no
+    quantised kernel: export refuses them rather than silently writing dequantised weights)."""
+    quantized = quantized_leaves(params)
+    if quantized:
+        raise ExportError(f"{what} hold quantised kernels ({quantized[:3]}{'...' if len(quantized) > 3 else ''}); "
+                          "exporting writes float weights: call rlhf_jax.model.dequantize_base(params, dtype) "
+                          "first (the quantised model's weights, not the original ones)")
     flat = flatten(params)
     want = param_shapes(config)
     missing = sorted("/".join(p) for p in want if p not in flat)

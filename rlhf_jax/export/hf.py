@@ -2,8 +2,10 @@
 ``generation_config.json``) that ``transformers.AutoModelForCausalLM.from_pretrained`` loads, and a
 reward model as ``*ForSequenceClassification``.
 
-The tensor names come from inverting :func:`rlhf_jax.model.hf_name_table` (the import table), so a
-folder written here reads back through :func:`rlhf_jax.model.load_pretrained` bit-identically.
+The tensor names come from :func:`rlhf_jax.model.hf_name_table` (the import table; stacked layers are
+unstacked, one tensor per layer), so a folder written here reads back through
+:func:`rlhf_jax.model.load_pretrained` bit-identically. A quantised base is refused (dequantise it
+explicitly with :func:`rlhf_jax.model.dequantize_base`).
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ def hf_tensors(config: ModelConfig, params: Any) -> dict[str, np.ndarray]:
     """``{Hugging Face name: array}`` for the base ``params`` (kernels transposed back to
     ``torch.nn.Linear``'s ``[out, in]``; each tensor keeps its dtype)."""
     flat = check_params(config, params)
-    return {name: to_numpy(flat[path], transpose=transpose) for path, (name, transpose) in name_table(config).items()}
+    return {name: to_numpy(flat[e.path] if e.layer is None else flat[e.path][e.layer], transpose=e.transpose)
+            for name, e in name_table(config).items()}
 
 
 def _dtype_name(tensors: Mapping[str, np.ndarray]) -> str:
@@ -167,7 +170,7 @@ def save_hf_folder(path: str, config: ModelConfig, params: Any, *, tokenizer: An
       config: the model's :class:`ModelConfig`.
       params: the base parameter tree.
       tokenizer: anything with ``save_pretrained(path)`` (a ``transformers`` tokenizer).
-      lora: an adapter tree to merge (``layers_0/attn/q_proj/{a,b}``...), with ``lora_config``.
+      lora: an adapter tree to merge (``layers/attn/q_proj/{a,b}``...), with ``lora_config``.
       generation_config: extra ``generation_config.json`` fields (dict or ``GenerationConfig``).
       hf_model_type: ``"llama"``/``"qwen2"``/``"gpt2"``; default: the rule of
         :func:`rlhf_jax.export.hf_model_type` (q/k/v bias without o bias -> qwen2).

@@ -1,7 +1,7 @@
 """LoRA adapters in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-Our adapter for the dense layer at ``layers_0/attn/q_proj`` is ``a [Din, R]``, ``b [R, Dout]``
-with update ``(alpha / R) x A B``. PEFT stores the same layer as
+Our adapter for the stacked dense layer at ``layers/attn/q_proj`` is ``a [L, Din, R]``, ``b [L, R,
+Dout]``; layer ``i``'s slice has the update ``(alpha / R) x A[i] B[i]``. PEFT stores the same layer as
 ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight [R, Din]`` and ``...lora_B.weight
 [Dout, R]`` (``torch.nn.Linear`` weights) with update ``(lora_alpha / r) B_t(A_t(x))``, so
 ``A_t = A^T`` and ``B_t = B^T``. GPT-2's ``Conv1D`` layers are no different: PEFT still builds
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_jax.export._common import (ExportError, ensure_dir, flatten, module_table, param_shapes, to_numpy,
-                                     unflatten, write_json, write_safetensors)
-from rlhf_jax.lora import LoraConfig, adapted_layers
+from rlhf_jax.export._common import (ExportError, ensure_dir, flatten, layer_name, module_table, param_shapes,
+                                     to_numpy, unflatten, write_json, write_safetensors)
+from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model.config import ModelConfig
 
 Path = tuple[str, ...]
@@ -63,8 +63,9 @@ def choose_targets(adapted: list[str], universe: list[str], sep: str) -> list[st
 
 
 def check_adapter(config: ModelConfig, lora: Any, lora_config: LoraConfig) -> dict[Path, tuple[Any, Any]]:
-    """``{layer path: (a, b)}`` after checking that every adapted layer exists in ``config``'s model
-    with matching shapes and rank ``lora_config.rank``; errors name each mismatch."""
+    """``{stacked dense layer path: (a, b)}`` after checking that every adapted layer exists in
+    ``config``'s model with matching shapes (``a [L, Din, R]``, ``b [L, R, Dout]``) and rank
+    ``lora_config.rank``; errors name each mismatch."""
     flat = flatten(lora)
     shapes = param_shapes(config)
     layers = sorted({p[:-1] for p in flat})
@@ -84,11 +85,12 @@ def check_adapter(config: ModelConfig, lora: Any, lora_config: LoraConfig) -> di
         if a is None or b is None:
             problems.append(f"{name} lacks {'a' if a is None else 'b'}")
             continue
-        d_in, d_out = shapes[layer + ("kernel",)]
-        want_a, want_b = (d_in, lora_config.rank), (lora_config.rank, d_out)
+        *lead, d_in, d_out = shapes[layer + ("kernel",)]
+        lead = tuple(lead)
+        want_a, want_b = lead + (d_in, lora_config.rank), lead + (lora_config.rank, d_out)
         if tuple(np.shape(a)) != want_a or tuple(np.shape(b)) != want_b:
             problems.append(f"{name} has a {tuple(np.shape(a))}, b {tuple(np.shape(b))}; the base kernel "
-                            f"is {(d_in, d_out)} and rank {lora_config.rank} wants a {want_a}, b {want_b}")
+                            f"is {lead + (d_in, d_out)} and rank {lora_config.rank} wants a {want_a}, b {want_b}")
             continue
         out[layer] = (a, b)
     if problems:
@@ -98,9 +100,19 @@ def check_adapter(config: ModelConfig, lora: Any, lora_config: LoraConfig) -> di
     return out
 
 
-def peft_config_dict(config: ModelConfig, layers: list[Path], lora_config: LoraConfig, *,
+def _written(config: ModelConfig, pairs: dict[Path, Any], lora_config: LoraConfig) -> list[tuple[Path, int]]:
+    """The (stacked layer, index) pairs the adapter adapts: every selected layer of every
+    adapted dense layer."""
+    out = []
+    for layer in sorted(pairs):
+        sel = lora_config.layer_selection("/".join(layer), config.num_layers)
+        out += [(layer, i) for i, on in enumerate(sel) if on]
+    return out
+
+
+def peft_config_dict(config: ModelConfig, layers: list[tuple[Path, int]], lora_config: LoraConfig, *,
                      base_model_name_or_path: str = "") -> dict:
-    """PEFT's ``adapter_config.json`` for an adapter on ``layers``."""
+    """PEFT's ``adapter_config.json`` for an adapter on ``layers`` (``(stacked path, index)``)."""
     table = module_table(config)
     alpha = lora_config.alpha
     return {
@@ -115,25 +127,39 @@ def peft_config_dict(config: ModelConfig, layers: list[Path], lora_config: LoraC
     }
 
 
+def adapter_tensors(config: ModelConfig, lora: Any, lora_config: LoraConfig
+                    ) -> tuple[dict[str, np.ndarray], list[tuple[Path, int]]]:
+    """``(tensors, written)``: PEFT's float32 ``lora_A``/``lora_B`` tensors of the stacked adapter,
+    one pair per layer that ``lora_config`` selects, and those ``(stacked path, index)`` layers."""
+    pairs = check_adapter(config, lora, lora_config)
+    table = module_table(config)
+    written = _written(config, pairs, lora_config)
+    if not written:
+        raise ExportError(f"LoraConfig targets {lora_config.targets} select no layer of the adapter")
+    tensors = {}
+    for layer, i in written:
+        a, b = pairs[layer]
+        stem = PREFIX + table[(layer, i)]
+        tensors[stem + ".lora_A.weight"] = to_numpy(a[i], transpose=True, dtype=np.float32)
+        tensors[stem + ".lora_B.weight"] = to_numpy(b[i], transpose=True, dtype=np.float32)
+    return tensors, written
+
+
 def save_peft_adapter(path: str, config: ModelConfig, lora: Any, lora_config: LoraConfig, *,
                       base_model_name_or_path: str = "") -> str:
     """Write ``lora`` as a PEFT LoRA adapter that ``peft.PeftModel.from_pretrained(hf_model, path)``
     loads onto the Hugging Face model of ``config`` (the folder :func:`save_hf_folder` writes).
 
+    The stacked adapter is unstacked: one ``lora_A``/``lora_B`` pair per layer that
+    ``lora_config`` selects (the rows of unselected layers are zero and do nothing).
     ``target_modules`` names exactly the adapted layers (short names such as ``q_proj`` when they
     cover every layer, ``attn.c_proj`` when GPT-2's MLP ``c_proj`` is not adapted, full module names
     otherwise); ``r`` and ``lora_alpha`` give PEFT's scale ``lora_alpha / r`` = ours; no rsLoRA.
     Weights are written in float32.
     """
-    pairs = check_adapter(config, lora, lora_config)
-    table = module_table(config)
-    tensors = {}
-    for layer, (a, b) in pairs.items():
-        stem = PREFIX + table[layer]
-        tensors[stem + ".lora_A.weight"] = to_numpy(a, transpose=True, dtype=np.float32)
-        tensors[stem + ".lora_B.weight"] = to_numpy(b, transpose=True, dtype=np.float32)
+    tensors, written = adapter_tensors(config, lora, lora_config)
     path = ensure_dir(path)
-    write_json(peft_config_dict(config, sorted(pairs), lora_config, base_model_name_or_path=base_model_name_or_path),
+    write_json(peft_config_dict(config, written, lora_config, base_model_name_or_path=base_model_name_or_path),
                os.path.join(path, ADAPTER_CONFIG))
     write_safetensors(tensors, os.path.join(path, ADAPTER_WEIGHTS))
     return path
@@ -160,9 +186,10 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB]
 def load_peft_adapter(path: str, config: ModelConfig) -> tuple[dict, LoraConfig]:
     """Read a PEFT LoRA adapter folder for the Hugging Face model of ``config``.
 
-    Returns ``(lora_tree, lora_config)``: ``lora_tree`` is our adapter tree (float32 ``a [Din, R]``,
-    ``b [R, Dout]``) and ``lora_config`` has PEFT's ``r``, ``lora_alpha``, ``lora_dropout`` and
-    targets selecting exactly the adapted layers, so ``merge_lora(base, lora_tree,
+    Returns ``(lora_tree, lora_config)``: ``lora_tree`` is our adapter tree (float32, stacked:
+    ``a [L, Din, R]``, ``b [L, R, Dout]``, zero rows for layers the adapter does not cover) and
+    ``lora_config`` has PEFT's ``r``, ``lora_alpha``, ``lora_dropout`` and targets selecting
+    exactly the adapted layers (``"layers_3/attn/q_proj"`` for a single layer), so ``merge_lora(base, lora_tree,
     scale=lora_config.scale)`` folds it into the base (e.g. an SFT adapter, before RLHF).
 
     Errors name what does not match: unsupported options (rsLoRA, DoRA, biases, rank/alpha
@@ -194,38 +221,47 @@ def load_peft_adapter(path: str, config: ModelConfig) -> tuple[dict, LoraConfig]
     if other:
         raise ExportError(f"{path}: tensors other than lora_A/lora_B weights: {sorted(other)}")
     table = module_table(config)
-    inverse = {name: layer for layer, name in table.items()}
+    inverse = {name: where for where, name in table.items()}
     prefix = "transformer." if config.arch == "gpt2" else "model."
     shapes = param_shapes(config)
-    flat, unknown, problems = {}, [], []
+    rows: dict[Path, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    unknown, problems = [], []
     for module, ab in sorted(by_module.items()):
         name = module if module in inverse else prefix + module
         if name not in inverse:
             unknown.append(module)
             continue
-        layer = inverse[name]
+        layer, index = inverse[name]
         if set(ab) != {"A", "B"}:
             problems.append(f"{module} has only lora_{''.join(ab)}")
             continue
         a, b = ab["A"].astype(np.float32).T, ab["B"].astype(np.float32).T
-        d_in, d_out = shapes[layer + ("kernel",)]
+        d_in, d_out = shapes[layer + ("kernel",)][-2:]
         if a.shape != (d_in, rank) or b.shape != (rank, d_out):
             problems.append(f"{module}: lora_A {ab['A'].shape}, lora_B {ab['B'].shape} but the base layer is "
                             f"[in={d_in}, out={d_out}] and r={rank} wants lora_A {(rank, d_in)}, lora_B {(d_out, rank)}")
             continue
-        flat[layer + ("a",)], flat[layer + ("b",)] = a, b
+        rows.setdefault(layer, {})[index] = (a, b)
     if unknown:
         problems.insert(0, f"modules that are not dense layers of the {config.arch} model ({config.num_layers} "
                            f"layers; LoRA on embeddings or the LM head is not supported): {unknown}")
     if problems:
         raise ExportError(f"{path}: adapter does not fit the model: " + "; ".join(problems))
-    if not flat:
+    if not rows:
         raise ExportError(f"{path}: the adapter has no lora_A/lora_B tensors")
     import jax.numpy as jnp
 
-    lora = unflatten({k: jnp.asarray(v) for k, v in flat.items()})
-    layers = ["/".join(layer) for layer in adapted_layers(lora)]
-    universe = ["/".join(layer) for layer in table]
+    flat = {}
+    for layer, got in rows.items():  # stack; layers the adapter does not cover get zero rows
+        d_in, d_out = shapes[layer + ("kernel",)][-2:]
+        a = np.zeros((config.num_layers, d_in, rank), np.float32)
+        b = np.zeros((config.num_layers, rank, d_out), np.float32)
+        for i, (ai, bi) in got.items():
+            a[i], b[i] = ai, bi
+        flat[layer + ("a",)], flat[layer + ("b",)] = jnp.asarray(a), jnp.asarray(b)
+    lora = unflatten(flat)
+    adapted = [layer_name(layer, i) for layer, got in sorted(rows.items()) for i in sorted(got)]
+    universe = [layer_name(layer, i) for layer, i in table]
     lora_config = LoraConfig(rank=rank, alpha=alpha, dropout=float(meta.get("lora_dropout") or 0.0),
-                             targets=tuple(choose_targets(layers, universe, "/")))
+                             targets=tuple(choose_targets(adapted, universe, "/")))
     return lora, lora_config

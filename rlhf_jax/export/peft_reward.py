@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_jax.export._common import ExportError, ensure_dir, module_table, to_numpy, write_json, write_safetensors
+from rlhf_jax.export._common import ExportError, ensure_dir, write_json, write_safetensors
 from rlhf_jax.export.hf import SCORE_BIAS_KEY
-from rlhf_jax.export.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PREFIX, check_adapter, peft_config_dict
+from rlhf_jax.export.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PREFIX, adapter_tensors, peft_config_dict
 from rlhf_jax.lora import lora_config_of
 from rlhf_jax.model.config import ModelConfig
 
@@ -44,18 +44,12 @@ def save_peft_reward_adapter(path: str, config: ModelConfig, reward_model: Any, 
         raise ExportError("a PEFT reward adapter needs a reward model trained with LoRA; this one "
                           f"{'has no model of its own' if rm.model is None else 'is a full parameter tree'}: "
                           "export it as a Hugging Face sequence-classification folder (--format hf)")
-    pairs = check_adapter(config, rm.model.tree, lc)
-    table = module_table(config)
-    tensors = {}
-    for layer, (a, b) in pairs.items():
-        stem = PREFIX + table[layer]
-        tensors[stem + ".lora_A.weight"] = to_numpy(a, transpose=True, dtype=np.float32)
-        tensors[stem + ".lora_B.weight"] = to_numpy(b, transpose=True, dtype=np.float32)
+    tensors, written = adapter_tensors(config, rm.model.tree, lc)
     kernel = float(rm.gain) * np.asarray(rm.head["kernel"], np.float64)
     if kernel.shape != (config.hidden_size,):
         raise ExportError(f"the score head's kernel has shape {kernel.shape}, expected ({config.hidden_size},)")
     tensors[PREFIX + "score.weight"] = kernel.reshape(1, -1).astype(np.float32)
-    meta = peft_config_dict(config, sorted(pairs), lc, base_model_name_or_path=base_model_name_or_path)
+    meta = peft_config_dict(config, written, lc, base_model_name_or_path=base_model_name_or_path)
     meta.update(task_type="SEQ_CLS", modules_to_save=["score"])
     path = ensure_dir(path)
     write_json(meta, os.path.join(path, ADAPTER_CONFIG))

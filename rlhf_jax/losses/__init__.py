@@ -2,9 +2,18 @@
 
 Losses return ``(loss, metrics)``; hyper-parameters are keyword-only; log-softmax, ratios and KL
 are computed in float32 whatever the input dtype; nothing is jitted here (jit your step once).
+:mod:`rlhf_jax.losses.chunked` computes log-probs, entropy, exact KL and the SFT loss from final
+hidden states and the LM head weight (arrays too) without materialising ``[B, T, V]`` logits.
 Axis letters: B batch, T time, V vocab, K completions per prompt.
 """
 
+from rlhf_jax.losses.chunked import (
+    chunked_entropy,
+    chunked_exact_kl,
+    chunked_logprobs_and_entropy,
+    chunked_nll,
+    chunked_token_logprobs,
+)
 from rlhf_jax.losses.dpo import dpo_loss, ipo_loss
 from rlhf_jax.losses.gae import gae
 from rlhf_jax.losses.grpo import LOSS_TYPES, LossType, RewardScale, group_advantages, grpo_loss, zero_variance_groups
@@ -45,6 +54,12 @@ __all__ = [
     "token_logprobs",
     "entropy_from_logits",
     "sequence_logprobs",
+    # the same from hidden states + LM head, over sequence chunks (no [B, T, V] logits)
+    "chunked_token_logprobs",
+    "chunked_entropy",
+    "chunked_logprobs_and_entropy",
+    "chunked_exact_kl",
+    "chunked_nll",
     # KL
     "Estimator",
     "kl_penalty",

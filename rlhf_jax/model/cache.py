@@ -11,17 +11,17 @@ from rlhf_jax.model.config import ModelConfig
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer in preallocated buffers of ``S`` slots, one ``[B, K, S, H]``
-    array per layer (a separate buffer per layer and the slot axis next to the head dim let a
-    decode step read each layer's cache in place, with no slice or transpose copy).
+    """Keys and values of every layer in preallocated buffers of ``S`` slots, stacked on a
+    leading layer axis like the parameters: ``[L, B, S, K, H]`` (the key/value layout of
+    ``jax.nn.dot_product_attention``). The layer scan carries the whole buffer and each block
+    writes its new slots in place (``dynamic_update_slice``).
 
     Slots are filled left to right; ``mask`` marks the slots that hold real tokens (left padding
     of a prompt leaves masked slots), ``index`` is the number of slots written so far.
     """
 
-    keys: tuple[Float[Array, "B K S H"], ...]
-    """One buffer per layer."""
-    values: tuple[Float[Array, "B K S H"], ...]
+    keys: Float[Array, "L B S K H"]
+    values: Float[Array, "L B S K H"]
     mask: Int[Array, "B S"]
     index: Int[Array, ""]
 
@@ -31,9 +31,9 @@ class KVCache(NamedTuple):
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, *, dtype=None) -> KVCache:
-    """An empty cache for ``batch_size`` rows of up to ``max_length`` tokens."""
-    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
-    dt = config.jnp_dtype if dtype is None else dtype
-    layers = range(config.num_layers)
-    return KVCache(tuple(jnp.zeros(shape, dt) for _ in layers), tuple(jnp.zeros(shape, dt) for _ in layers),
-                   jnp.zeros((batch_size, max_length), jnp.int32), jnp.zeros((), jnp.int32))
+    """An empty cache for ``batch_size`` rows of up to ``max_length`` tokens, in the compute dtype
+    (or ``dtype``)."""
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    dt = config.compute_jnp_dtype if dtype is None else dtype
+    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((batch_size, max_length), jnp.int32),
+                   jnp.zeros((), jnp.int32))

@@ -5,9 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 ARCHS = ("llama", "gpt2")
+ATTENTION = ("auto", "xla", "cudnn", "chunked")
+# ``remat`` values besides "none" / "block": the jax.checkpoint_policies that take no argument
+REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
+                  "checkpoint_dots_with_no_batch_dims", "nothing_saveable", "everything_saveable")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,8 +71,30 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     """The LM head reuses the embedding matrix."""
     dtype: str = "float32"
-    """Parameter and activation dtype (``float32`` or ``bfloat16``); softmax, norms' statistics,
-    logits and everything downstream stay float32."""
+    """Parameter dtype (``float32``, ``bfloat16`` or ``float16``): what ``init`` and
+    ``load_pretrained`` produce; also the compute dtype unless ``compute_dtype`` is set. Softmax,
+    norms' statistics, logits and everything downstream stay float32."""
+    compute_dtype: str | None = None
+    """Dtype of the activations and matmul inputs; ``None``: ``dtype``. Mixed precision for full
+    fine-tuning: ``dtype="float32"`` (master weights; the optimizer state follows them) with
+    ``compute_dtype="bfloat16"`` (weights are cast per block inside the layer scan)."""
+    scan_layers: bool = True
+    """Run the blocks as one ``lax.scan`` over their stacked parameters, so HLO size and compile
+    time do not grow with depth. ``False`` unrolls the same loop (same parameter layout, one copy
+    of the block per layer in the program)."""
+    remat: str = "none"
+    """Rematerialisation of each block in the backward pass: ``"none"`` (keep every activation),
+    ``"block"`` (keep each block's input only, recompute the rest), or the name of a
+    ``jax.checkpoint_policies`` policy that takes no argument (e.g. ``"dots_saveable"``:
+    keep matmul outputs, recompute the element-wise ops)."""
+    attention: str = "auto"
+    """Attention kernel: ``"xla"`` (``jax.nn.dot_product_attention`` lowered by XLA: the
+    ``[B, N, T, S]`` scores are materialised), ``"cudnn"`` (cuDNN flash attention; GPU, bf16/fp16),
+    ``"chunked"`` (queries in blocks of ``attention_chunk``, each block rematerialised: only one
+    block's scores live, forward and backward), or ``"auto"``: cuDNN on a GPU when the compute
+    dtype is 16-bit, else ``"chunked"`` when the queries outnumber ``attention_chunk``, else XLA."""
+    attention_chunk: int = 512
+    """Query block of ``attention="chunked"`` (and the length above which ``"auto"`` chunks)."""
     bos_token_id: int | None = None
     """Beginning-of-sequence token, if any."""
     eos_token_id: int | tuple[int, ...] | None = None
@@ -89,12 +116,35 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                              f"({self.num_kv_heads})")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"ModelConfig.dtype must be float32/bfloat16/float16, got {self.dtype!r}")
+        for name in ("dtype", "compute_dtype"):
+            value = getattr(self, name)
+            if value not in ("float32", "bfloat16", "float16") and not (name == "compute_dtype" and value is None):
+                raise ValueError(f"ModelConfig.{name} must be float32/bfloat16/float16, got {value!r}")
+        if self.remat not in ("none", "block") + REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat must be 'none', 'block' or one of {REMAT_POLICIES}, "
+                             f"got {self.remat!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"ModelConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.attention_chunk < 1:
+            raise ValueError(f"ModelConfig.attention_chunk must be >= 1, got {self.attention_chunk}")
 
     @property
     def jnp_dtype(self):
+        """The parameter dtype."""
         return jnp.dtype(self.dtype)
+
+    @property
+    def compute_jnp_dtype(self):
+        """The activation / matmul dtype (``compute_dtype``, else ``dtype``)."""
+        return jnp.dtype(self.compute_dtype or self.dtype)
+
+    @property
+    def remat_policy(self):
+        """``None`` (no remat) or the ``jax.checkpoint`` policy of ``remat``."""
+        if self.remat == "none":
+            return None
+        name = "nothing_saveable" if self.remat == "block" else self.remat
+        return getattr(jax.checkpoint_policies, name)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:

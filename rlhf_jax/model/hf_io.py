@@ -167,44 +167,64 @@ def _hf_key(name: str, config: ModelConfig) -> str:
 
 def params_from_tensors(tensors: Mapping[str, Any], config: ModelConfig, *, source: str = "checkpoint"
                         ) -> dict:
-    """Our parameter tree from Hugging Face tensors; errors name missing and unexpected tensors.
-    Tensors are converted one at a time (transposed and cast on the host, then placed on the
-    device), so the peak is the parameters plus one tensor."""
+    """Our parameter tree from Hugging Face tensors; errors name missing and unexpected tensors and
+    shapes that differ between layers. Tensors are converted one at a time (transposed and cast on
+    the host); a stacked leaf is assembled in one host buffer, layer by layer, and then placed on
+    the device, so the peak is the parameters plus one stacked leaf on the host."""
     names = {_hf_key(k, config): k for k in tensors}
     table = hf_name_table(config)
-    wanted = {hf for hf, _ in table.values()}
-    missing = sorted(w for w in wanted if w not in names)
+    missing = sorted(w for w in table if w not in names)
     if missing:
         raise CheckpointError(f"{source}: missing tensors {missing}")
-    unexpected = sorted(k for k in names if k not in wanted and not k.endswith(IGNORABLE_SUFFIXES)
+    unexpected = sorted(k for k in names if k not in table and not k.endswith(IGNORABLE_SUFFIXES)
                         and not (k == "lm_head.weight" and config.tie_word_embeddings))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensors {unexpected} for arch {config.arch!r}")
     dt = np.dtype(config.jnp_dtype)
+    by_path: dict[tuple[str, ...], list[tuple[str, Any]]] = {}
+    for hf, entry in table.items():
+        by_path.setdefault(entry.path, []).append((hf, entry))
     params: dict = {}
-    for path, (hf, transpose) in table.items():
-        x = np.asarray(tensors[names[hf]])
-        x = np.ascontiguousarray(x.T if transpose else x, dtype=dt)
+    for path, entries in by_path.items():
+        buf = None
+        for hf, entry in entries:
+            x = np.asarray(tensors[names[hf]])
+            x = np.ascontiguousarray(x.T if entry.transpose else x, dtype=dt)
+            if entry.layer is None:
+                buf = x
+                continue
+            if buf is None:
+                buf = np.empty((config.num_layers,) + x.shape, dt)
+            if x.shape != buf.shape[1:]:
+                raise CheckpointError(f"{source}: tensor {hf} has shape {x.shape} (after transposing), but layer 0 "
+                                      f"has {buf.shape[1:]}")
+            buf[entry.layer] = x
+            del x
         node = params
         for n in path[:-1]:
             node = node.setdefault(n, {})
-        node[path[-1]] = jnp.asarray(x)
-        del x
+        node[path[-1]] = jnp.asarray(buf)
+        del buf
     return params
 
 
-def load_pretrained(path: str, *, dtype: str = "float32", tokenizer: bool = True) -> Pretrained:
+def load_pretrained(path: str, *, dtype: str = "float32", tokenizer: bool = True, **overrides: Any) -> Pretrained:
     """Load a local Hugging Face folder into ``(config, params, tokenizer)``.
 
     Args:
       path: a folder with ``config.json`` and ``model.safetensors`` (or a sharded index).
       dtype: parameter dtype, ``float32`` or ``bfloat16``.
       tokenizer: also load the tokenizer files with ``transformers.AutoTokenizer`` (offline).
+      **overrides: :class:`ModelConfig` fields that are not in the checkpoint, e.g.
+        ``remat="block"``, ``compute_dtype="bfloat16"``, ``attention="chunked"``,
+        ``scan_layers=False``.
     """
     path = _check_folder(path)
     with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
     config = config_from_hf(hf, dtype=dtype)
+    if overrides:
+        config = config.replace(**overrides)
     params = params_from_tensors(_SafetensorsFolder(path), config, source=path)
     tok = load_tokenizer(path) if tokenizer else None
     return Pretrained(config, params, tok)

@@ -12,67 +12,82 @@ from jaxtyping import Array, Float, Int
 
 from rlhf_jax.lora import LoraConfig
 from rlhf_jax.model.config import ModelConfig
+from rlhf_jax.model.quant import is_quantized, quantized_matmul
+from rlhf_jax.model.stacked import layer_matmul, lora_matmul, merged_lora_matmul, take_layer
+
+__all__ = ["Dense", "LayerNorm", "RMSNorm", "activation", "apply_rope", "lora_matmul", "rope_frequencies"]
 
 
-@jax.custom_vjp
-def lora_matmul(x: Float[Array, "N Din"], w: Float[Array, "Din Dout"], a: Float[Array, "Din R"],
-                b: Float[Array, "R Dout"]) -> Float[Array, "N Dout"]:
-    """``x W + (x A) B`` (``B`` already scaled) as ONE GEMM over the merged kernel ``W + A B``,
-    forward and backward: the input gradient is ``g (W + A B)^T``, the adapter gradients are
-    ``dA = x^T (g B^T)`` and ``dB = (x A)^T g``; the merged kernel is rebuilt in the backward pass
-    (no weight-sized residual) and the frozen kernel's own gradient ``x^T g`` is dead code under
-    jit unless asked for. Pays ``Din * Dout * R`` FLOPs per call to skip four skinny ``[N, R]``
-    GEMM passes over the activations: worth it when ``N`` is large (training, scoring), not for
-    one decode token (:class:`Dense` decides)."""
-    return x @ (w + a @ b)
-
-
-def _lora_matmul_fwd(x, w, a, b):
-    return x @ (w + a @ b), (x, w, a, b)
-
-
-def _lora_matmul_bwd(res, g):
-    x, w, a, b = res
-    gt = g @ b.T
-    return g @ (w + a @ b).T, x.T @ g, x.T @ gt, (x @ a).T @ g
-
-
-lora_matmul.defvjp(_lora_matmul_fwd, _lora_matmul_bwd)
+def flat_normal(std: float):
+    """``nn.initializers.normal(std)`` drawn flat and reshaped (the same law; XLA:CPU compiles the
+    random-bits kernel of a 1-D shape several times faster than that of a 3-D stack)."""
+    init = nn.initializers.normal(std)
+    return lambda key, shape, dtype=jnp.float32: init(key, (int(np.prod(shape)),), dtype).reshape(shape)
 
 
 class Dense(nn.Module):
-    """``y = x W (+ b)`` with kernel ``[Din, Dout]``; when ``lora`` targets this layer's path and
-    the ``"lora"`` collection is present, adds ``(alpha/R) * dropout(x) A B``."""
+    """``y = x W (+ b)`` with kernel ``[Din, Dout]``, or, with ``num_layers``, a kernel stacked
+    ``[L, Din, Dout]`` of which the call's ``layer`` is used (sliced inside the matmul, see
+    :mod:`rlhf_jax.model.stacked`). When ``lora`` selects the layer and the ``"lora"`` collection is
+    present, adds ``(alpha/R) * dropout(x) A B``. A quantised kernel (:mod:`rlhf_jax.model.quant`) is
+    dequantised inside the matmul."""
 
     features: int
     use_bias: bool = False
     dtype: jnp.dtype = jnp.float32
+    """Compute dtype (activations, the kernel as used)."""
+    param_dtype: jnp.dtype = jnp.float32
+    """dtype of the parameters ``init`` creates."""
     lora: LoraConfig | None = None
+    num_layers: int | None = None
+    """Length of the stacked layer axis; ``None``: an unstacked kernel."""
     init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, x: Float[Array, "... Din"], deterministic: bool = True) -> Float[Array, "... Dout"]:
+    def __call__(self, x: Float[Array, "... Din"], layer: Int[Array, ""] | None = None,
+                 deterministic: bool = True) -> Float[Array, "... Dout"]:
         d_in = x.shape[-1]
         lead = x.shape[:-1]
         # One 2-D GEMM over all rows: on XLA:CPU the backward of a [B, T, D] einsum materialises
         # transposed copies of the activation gradients (measured 1.5-2x slower steps).
-        x = x.reshape(-1, d_in)
-        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (d_in, self.features),
-                            self.dtype).astype(self.dtype)
+        x = x.reshape(-1, d_in).astype(self.dtype)
+        stacked = () if self.num_layers is None else (self.num_layers,)
+        layer = None if self.num_layers is None else layer
+        stored = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
+        if not is_quantized(stored):
+            stored = self.param("kernel", flat_normal(self.init_std), stacked + (d_in, self.features),
+                                self.param_dtype)
         path = "/".join(self.scope.path)
-        if self.lora is not None and self.lora.matches(path) and (
-                self.is_initializing() or self.has_variable("lora", "a")):
-            y = self._adapted(x, kernel, path, deterministic)
+        selected = () if self.lora is None else self.lora.layer_selection(path, self.num_layers or 1)
+        if any(selected) and (self.is_initializing() or self.has_variable("lora", "a")):
+            y = self._adapted(x, stored, layer, stacked, path, selected, deterministic)
         else:
-            y = x @ kernel
+            y = self._base(x, stored, layer)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
+            bias = self.param("bias", nn.initializers.zeros, stacked + (self.features,), self.param_dtype)
+            y = y + take_layer(bias, layer).astype(self.dtype)
         return y.reshape(*lead, self.features)
 
-    def _adapted(self, x, kernel, path, deterministic):
+    def _base(self, x, stored, layer):
+        if is_quantized(stored):
+            return quantized_matmul(x, stored, layer)
+        if layer is None:
+            return x @ stored.astype(self.dtype)
+        return layer_matmul(x, stored, layer, self.dtype)
+
+    def _adapted(self, x, stored, layer, stacked, path, selected, deterministic):
         cfg, d_in = self.lora, x.shape[-1]
-        a = self.variable("lora", "a", lambda: cfg.init_a(self.make_rng("params"), (d_in, cfg.rank))).value
-        b = self.variable("lora", "b", lambda: jnp.zeros((cfg.rank, self.features), jnp.float32)).value
+        keep = None if all(selected) else jnp.asarray(selected, jnp.float32)
+
+        def init_a():
+            a = cfg.init_a(self.make_rng("params"), stacked + (d_in, cfg.rank))
+            return a if keep is None else a * keep[:, None, None]
+
+        a = self.variable("lora", "a", init_a).value
+        b = self.variable("lora", "b", lambda: jnp.zeros(stacked + (cfg.rank, self.features), jnp.float32)).value
+        a, b = take_layer(a, layer), take_layer(b, layer)
+        if keep is not None:  # a layer the targets do not select keeps no update and gets no gradient
+            a = a * keep[layer]
         dropout = cfg.dropout > 0.0 and not deterministic
         if a.ndim == 3:  # stacked adapters (lora.stack_adapters): row group g uses a[g], b[g]
             if x.shape[0] % a.shape[0]:
@@ -80,15 +95,15 @@ class Dense(nn.Module):
             h = nn.Dropout(cfg.dropout)(x, deterministic=not dropout) if dropout else x
             hg = h.astype(jnp.float32).reshape(a.shape[0], -1, d_in)
             delta = jnp.einsum("gnr,gro->gno", jnp.einsum("gni,gir->gnr", hg, a) * cfg.scale, b)
-            return x @ kernel + delta.reshape(-1, self.features).astype(kernel.dtype)
-        if (not dropout and kernel.dtype == jnp.float32
+            return self._base(x, stored, layer) + delta.reshape(-1, self.features).astype(x.dtype)
+        if (not dropout and not is_quantized(stored) and stored.dtype == jnp.float32 and self.dtype == jnp.float32
                 and x.shape[0] * (d_in + self.features) > d_in * self.features):
-            # many rows, float32 kernel: one GEMM over the merged kernel (see lora_matmul)
-            return lora_matmul(x.astype(jnp.float32), kernel, a, b * cfg.scale)
+            # many rows, float32 kernel: one GEMM over the merged kernel (see merged_lora_matmul)
+            return merged_lora_matmul(x, stored, layer, a, b * cfg.scale)
         h = nn.Dropout(cfg.dropout)(x, deterministic=False) if dropout else x
         # [N, R] first: never the [Din, Dout] product; the scale on the small [N, R] side
         delta = ((h.astype(jnp.float32) @ a) * cfg.scale) @ b
-        return x @ kernel + delta.astype(kernel.dtype)
+        return self._base(x, stored, layer) + delta.astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -96,10 +111,15 @@ class RMSNorm(nn.Module):
 
     eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    num_layers: int | None = None
+    """Length of the stacked layer axis of the scale; ``None``: unstacked."""
 
     @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+    def __call__(self, x, layer=None):
+        stacked = () if self.num_layers is None else (self.num_layers,)
+        scale = take_layer(self.param("scale", nn.initializers.ones, stacked + (x.shape[-1],), self.param_dtype),
+                           None if self.num_layers is None else layer)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return y.astype(self.dtype) * scale.astype(self.dtype)
@@ -110,12 +130,17 @@ class LayerNorm(nn.Module):
 
     eps: float = 1e-5
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    num_layers: int | None = None
+    """Length of the stacked layer axis of the scale and bias; ``None``: unstacked."""
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, layer=None):
         d = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (d,), self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (d,), self.dtype)
+        stacked = () if self.num_layers is None else (self.num_layers,)
+        layer = None if self.num_layers is None else layer
+        scale = take_layer(self.param("scale", nn.initializers.ones, stacked + (d,), self.param_dtype), layer)
+        bias = take_layer(self.param("bias", nn.initializers.zeros, stacked + (d,), self.param_dtype), layer)
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)

@@ -110,7 +110,8 @@ def _check(prompt_tokens, prompt_mask, completion_tokens, completion_mask, group
 def grouped_hidden(model_config: ModelConfig, trainable: PyTree | None, base: PyTree | None,
                    prompt_tokens: Int[Array, "B P"], prompt_mask: Int[Array, "B P"],
                    completion_tokens: Int[Array, "BG N"], completion_mask: Int[Array, "BG N"], *,
-                   group_size: int, key: jax.Array | None = None) -> Float[Array, "BG N+1 D"]:
+                   group_size: int, key: jax.Array | None = None, scan_cache: str = "layers"
+                   ) -> Float[Array, "BG N+1 D"]:
     """Final hidden states of each completion with its prompt computed once per group.
 
     Position 0 is the prompt's last token (the same for the ``G`` rows of a group); position
@@ -126,6 +127,9 @@ def grouped_hidden(model_config: ModelConfig, trainable: PyTree | None, base: Py
       completion_tokens, completion_mask: ``[B*G, N]``, right padded, group-major.
       group_size: ``G``, completions per prompt.
       key: LoRA dropout key (``None``: deterministic).
+      scan_cache: ``"layers"`` (default) for a pass under a gradient: memory linear in depth;
+        ``"carry"`` for a pass without one (the cache written in place: one copy of it instead of
+        two). See ``Transformer.__call__``.
     Returns:
       ``[B*G, N+1, D]`` hidden states in the model's dtype.
     """
@@ -140,11 +144,14 @@ def grouped_hidden(model_config: ModelConfig, trainable: PyTree | None, base: Py
             return {}
         return {"deterministic": False, "rngs": {"dropout": jax.random.fold_in(key, i)}}
 
+    # scan_cache="layers": under a gradient the layer scan keeps one layer's keys/values per layer
+    # (carrying the whole stacked cache would keep all of it per layer: memory quadratic in depth);
+    # without a gradient "carry" writes the cache in place
     prefill = model.apply(variables, prompt_tokens, attention_mask=prompt_mask, cache=init_cache(model_config, b, p),
-                          return_hidden=True, compute_logits=False, **kw(0))
+                          scan_cache=scan_cache, return_hidden=True, compute_logits=False, **kw(0))
     cache = repeat_cache(model_config, extend_cache(model_config, prefill.cache, n), group_size)
-    out = model.apply(variables, completion_tokens, attention_mask=completion_mask, cache=cache, return_hidden=True,
-                      compute_logits=False, **kw(1))
+    out = model.apply(variables, completion_tokens, attention_mask=completion_mask, cache=cache, scan_cache=scan_cache,
+                      return_hidden=True, compute_logits=False, **kw(1))
     last = jnp.repeat(prefill.hidden[:, -1:], group_size, axis=0)
     return jnp.concatenate([last, out.hidden], axis=1)
 
@@ -152,12 +159,14 @@ def grouped_hidden(model_config: ModelConfig, trainable: PyTree | None, base: Py
 def grouped_response_hidden(model_config: ModelConfig, trainable: PyTree | None, base: PyTree | None,
                             prompt_tokens: Int[Array, "B P"], prompt_mask: Int[Array, "B P"],
                             completion_tokens: Int[Array, "BG N"], completion_mask: Int[Array, "BG N"], *,
-                            group_size: int, key: jax.Array | None = None) -> Float[Array, "BG N D"]:
+                            group_size: int, key: jax.Array | None = None,
+                            scan_cache: str = "layers") -> Float[Array, "BG N D"]:
     """Hidden states at the positions that PREDICT each completion token (the prompt's last, then
     the completion's first ``N - 1``): :func:`rlhf_jax.rollout.response_hidden` of the
-    concatenated sequences, with the prompt computed once per group."""
+    concatenated sequences, with the prompt computed once per group (``scan_cache`` as in
+    :func:`grouped_hidden`)."""
     hidden = grouped_hidden(model_config, trainable, base, prompt_tokens, prompt_mask, completion_tokens,
-                            completion_mask, group_size=group_size, key=key)
+                            completion_mask, group_size=group_size, key=key, scan_cache=scan_cache)
     return hidden[:, :-1]
 
 

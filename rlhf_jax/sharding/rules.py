@@ -2,9 +2,11 @@
 model parameters (a base tree, a LoRA tree, a ``TrainState`` / ``PPOState`` with its optimizer
 state).
 
-A leaf's path is its keys joined by ``/`` (``params/layers_0/attn/q_proj/kernel``); the first rule
+A leaf's path is its keys joined by ``/`` (``params/layers/attn/q_proj/kernel``); the first rule
 whose regular expression is *found* in the path gives its spec, so the same rules apply wherever a
-parameter tree is nested. Megatron-style tensor parallelism (Shoeybi et al. 2019) plus FSDP:
+parameter tree is nested. Rules describe one layer (``[Din, Dout]``); the blocks' leaves are
+stacked ``[L, Din, Dout]`` under ``layers`` and get an unsharded layer axis in front. Megatron-style
+tensor parallelism (Shoeybi et al. 2019) plus FSDP:
 
 - column-parallel layers, kernel ``[Din, Dout]`` -> ``P("fsdp", "tensor")``: ``q/k/v_proj``,
   ``gate/up_proj`` (Llama), ``c_attn``, ``c_fc`` (GPT-2); their bias ``[Dout]`` -> ``P("tensor")``;
@@ -17,7 +19,9 @@ LoRA leaves follow their base kernel (found by replacing ``a``/``b`` with ``kern
 ``a [Din, R]`` -> ``P(kernel_spec[0], None)``, ``b [R, Dout]`` -> ``P(None, kernel_spec[1])``, so
 ``x A B`` has the layout of ``x W``. Optimizer state (optax ``mu``/``nu``, ``MultiSteps``'
 ``acc_grads``) mirrors the parameter tree, so its paths end like the parameters' and it gets the
-same specs with no extra rule; its counters are replicated.
+same specs with no extra rule; its counters are replicated. Quantised kernels
+(:func:`rlhf_jax.model.quantize_base`) follow their kernel too: int8 codes as the kernel, their
+per-column scales as its columns, NF4's flat codes and block maxima as its rows.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rlhf_jax.lora import LAYERS
+from rlhf_jax.model.quant import is_quantized
 
 PyTree = Any
 Rules = Sequence[tuple[str, P]]
@@ -89,7 +96,7 @@ def _key_name(key) -> str:
 
 
 def path_string(path) -> str:
-    """``("params", "layers_0", "attn", "q_proj", "kernel")`` keys joined by ``/``."""
+    """``("params", "layers", "attn", "q_proj", "kernel")`` keys joined by ``/``."""
     return "/".join(_key_name(k) for k in path)
 
 
@@ -100,10 +107,7 @@ def _match(path: str, rules: Rules) -> P | None:
     return None
 
 
-def spec_for(path: str, rules: Rules | None = None) -> P:
-    """The rule spec of the leaf at ``path`` before any divisibility check (LoRA ``a``/``b``
-    derived from their kernel; replicated when nothing matches)."""
-    rules = default_rules() if rules is None else rules
+def _leaf_spec(path: str, rules: Rules) -> P:
     spec = _match(path, rules)
     if spec is not None:
         return spec
@@ -112,7 +116,29 @@ def spec_for(path: str, rules: Rules | None = None) -> P:
         kernel = _match(f"{parent}/kernel" if parent else "kernel", rules)
         if kernel is not None and len(kernel) == 2:
             return P(kernel[0], None) if leaf == "a" else P(None, kernel[1])
+    if leaf in _QUANTIZED and parent.rpartition("/")[2] == "kernel":
+        kernel = _match(parent, rules)
+        if kernel is not None and len(kernel) == 2:
+            return _QUANTIZED[leaf](kernel)
     return P()
+
+
+# quantised kernels (rlhf_jax.model.quant) follow their float kernel's spec: int8 codes [Din, Dout]
+# as the kernel, per-column scales [Dout] as its columns; NF4's row-major flat codes and block maxima
+# split like the kernel's rows
+_QUANTIZED = {"q": lambda k: k, "scale": lambda k: P(k[1]), "packed": lambda k: P(k[0]), "absmax": lambda k: P(k[0])}
+
+
+def spec_for(path: str, rules: Rules | None = None) -> P:
+    """The rule spec of the leaf at ``path`` before any divisibility check (LoRA ``a``/``b`` and
+    quantised kernels derived from their kernel; replicated when nothing matches). A leaf of the
+    layer stack (a ``layers/`` segment in its path) gets an unsharded leading layer axis in front
+    of its rule's spec, so rules are written for one layer's ``[Din, Dout]``."""
+    rules = default_rules() if rules is None else rules
+    spec = _leaf_spec(path, rules)
+    if len(spec) and re.search(rf"(^|/){LAYERS}/", path):
+        return P(None, *spec)
+    return spec
 
 
 def fit_spec(spec: P, shape: tuple[int, ...], axis_sizes: dict[str, int]) -> P:
@@ -173,11 +199,12 @@ def shard_params(tree: PyTree, mesh: Mesh | None, *, rules: Rules | None = None,
     ``mesh=None``: ``tree`` is returned unchanged (apart from ``dtype``).
 
     Several processes: each passes the same full values (from the same checkpoint or seed); each
-    keeps only the shards of its own devices."""
+    keeps only the shards of its own devices. The scales of quantised kernels keep their dtype."""
+    if dtype is not None:  # cast first (outside quantised kernels), then place
+        tree = jax.tree_util.tree_map(
+            lambda x: x if is_quantized(x) or not jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
+            else x.astype(dtype), tree, is_leaf=is_quantized)
     if mesh is None:
-        if dtype is None:
-            return tree
-        return jax.tree_util.tree_map(
-            lambda x: x.astype(dtype) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x, tree)
+        return tree
     shardings = param_shardings(tree, mesh, rules)
-    return jax.tree_util.tree_map(lambda x, s: _put(x, s, dtype), tree, shardings)
+    return jax.tree_util.tree_map(lambda x, s: _put(x, s, None), tree, shardings)

@@ -18,9 +18,10 @@ from rlhf_jax.config_checks import at_least, check, in_range, one_of
 from rlhf_jax.data import (DataConfig, EncodeReport, PackReport, SFTBatch, SFTDataConfig, pack_examples, pad_left,
                            padding_id, tokenize_sft)
 from rlhf_jax.feedback.batches import BatchConfig, encode_sequences
-from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables
-from rlhf_jax.losses import masked_mean, token_logprobs
-from rlhf_jax.model import ModelConfig, Transformer
+from rlhf_jax.lora import LoraConfig, lora_config_of, merged_params, model_variables, outer_params
+from rlhf_jax.losses import chunked_token_logprobs, masked_mean, token_logprobs
+from rlhf_jax.model import ModelConfig, Transformer, lm_logits
+from rlhf_jax.rollout import head_of, logit_chunk_size
 from rlhf_jax.train.algorithm import Algorithm, cached_algorithm
 from rlhf_jax.train.batching import batch_indices, check_context, trim_padding
 from rlhf_jax.train.fit import FitContext, fit
@@ -60,12 +61,19 @@ class SFTConfig:
     """Share of the pairs held out for the evaluation loss and perplexity."""
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end)."""
+    logit_chunk: int | None = None
+    """Positions per chunk of the LM head in the loss and the evaluation
+    (:func:`rlhf_jax.losses.chunked_nll`: the float32 ``[B, T, V]`` logits never built); ``0``:
+    whole logits; ``None`` (auto): chunks of 128 once a batch's logits would exceed 1 GiB
+    (:func:`rlhf_jax.rollout.logit_chunk_size`). Rematerialisation of the blocks is the model's
+    ``ModelConfig.remat``."""
     optim: OptimConfig = OptimConfig(learning_rate=1e-3)
     """Optimizer."""
     run: RunConfig = RunConfig()
     """Steps, seed, logging, checkpoints."""
 
     def __post_init__(self):
+        at_least(self, "logit_chunk", 0, integer=True, optional=True)
         at_least(self, "batch_size", 1, integer=True)
         at_least(self, "max_length", 2, integer=True)
         check(self, "packing", isinstance(self.packing, bool), "a boolean")
@@ -124,11 +132,25 @@ def lm_loss(logits, input_ids, loss_mask):
     return nll, {"loss": nll, "tokens": jnp.sum(mask)}
 
 
-def _logits(model_config: ModelConfig, trainable, base, batch: SFTBatch, *, key=None):
+def _hidden(model_config: ModelConfig, trainable, base, batch: SFTBatch, *, key=None):
     model = Transformer(model_config, lora=lora_config_of(trainable))
     kw = {} if key is None else {"deterministic": False, "rngs": {"dropout": key}}
     return model.apply(model_variables(base, trainable), batch.input_ids, attention_mask=batch.attention_mask,
-                       segment_ids=batch.segment_ids, positions=batch.positions, **kw).logits
+                       segment_ids=batch.segment_ids, positions=batch.positions, return_hidden=True,
+                       compute_logits=False, **kw).hidden
+
+
+def next_token_logprobs(model_config: ModelConfig, trainable, base, batch: SFTBatch, *, chunk: int | None = None,
+                        key=None):
+    """float32 ``log p(x_{t+1} | x_{<=t})`` ``[B, T-1]`` of ``base`` + ``trainable``: from the whole
+    logits, or over sequence chunks of the LM head (``chunk``, see
+    :func:`rlhf_jax.rollout.logit_chunk_size`); ``key``: dropout."""
+    hidden = _hidden(model_config, trainable, base, batch, key=key)[:, :-1]
+    targets = batch.input_ids[:, 1:]
+    c = logit_chunk_size(chunk, *targets.shape, model_config.vocab_size)
+    if c:
+        return chunked_token_logprobs(hidden, *head_of(model_config, trainable, base), targets, chunk_size=c)
+    return token_logprobs(lm_logits(model_config, outer_params(base, trainable), hidden), targets)
 
 
 def make_sft(model_config: ModelConfig, optimizer, config: SFTConfig) -> Algorithm:
@@ -146,7 +168,10 @@ def make_sft(model_config: ModelConfig, optimizer, config: SFTConfig) -> Algorit
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), k_run, jnp.zeros((), jnp.int32))
 
     def loss_fn(trainable, base, batch, key):
-        return lm_loss(_logits(model_config, trainable, base, batch, key=key), batch.input_ids, batch.loss_mask)
+        logp = next_token_logprobs(model_config, trainable, base, batch, chunk=config.logit_chunk, key=key)
+        mask = batch.loss_mask[:, 1:]
+        nll = -masked_mean(logp, mask)
+        return nll, {"loss": nll, "tokens": jnp.sum(mask)}
 
     def step(state: TrainState, base, batch: SFTBatch):
         key = jax.random.fold_in(state.rng, state.step)
@@ -159,18 +184,17 @@ def make_sft(model_config: ModelConfig, optimizer, config: SFTConfig) -> Algorit
     return Algorithm(init, step)
 
 
-def sft_eval_sums(model_config: ModelConfig, trainable, base, batch: SFTBatch):
+def sft_eval_sums(model_config: ModelConfig, trainable, base, batch: SFTBatch, *, chunk: int | None = None):
     """``(sum of NLL over loss_mask, token count)`` of one batch, no dropout: the pieces of a
-    held-out token-mean loss over many batches."""
-    logits = _logits(model_config, trainable, base, batch)
-    logp = token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
+    held-out token-mean loss over many batches (``chunk``: as ``SFTConfig.logit_chunk``)."""
+    logp = next_token_logprobs(model_config, trainable, base, batch, chunk=chunk)
     mask = batch.loss_mask[:, 1:]
     return jnp.sum(-logp * mask), jnp.sum(mask)
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_eval(model_config: ModelConfig):
-    return jax.jit(functools.partial(sft_eval_sums, model_config))  # one compilation per model config
+def _jitted_eval(model_config: ModelConfig, chunk: int | None = None):
+    return jax.jit(functools.partial(sft_eval_sums, model_config, chunk=chunk))  # one compilation per config
 
 
 def rows(data: SFTBatch, idx, pad_multiple: int = 0) -> SFTBatch:
@@ -244,7 +268,7 @@ def train_sft(model_config: ModelConfig, params: dict, tokenizer, data: Any, con
         print(f"sft: {report.summary()}", file=sys.stderr)
     algo = cached_algorithm(make_sft, model_config, config)
     state = algo.init(jax.random.PRNGKey(config.run.seed), params)
-    eval_sums = _jitted_eval(model_config)
+    eval_sums = _jitted_eval(model_config, config.logit_chunk)
 
     def batches(step: int, ctx: FitContext):
         idx = batch_indices(step, n_train, config.batch_size, config.run.seed)

@@ -64,7 +64,7 @@ else:
         state, m = step(state, base, data)
         losses.append(float(multihost_utils.process_allgather(m["loss"], tiled=True)))
     final = multihost_utils.process_allgather(state.params, tiled=True)
-    q = base["layers_0"]["attn"]["q_proj"]["kernel"]
+    q = base["layers"]["attn"]["q_proj"]["kernel"]
     result.update({
         "process_id": jax.process_index(), "rows": [rows.start, rows.stop],
         "mesh_device_processes": [[d.process_index for d in r] for r in mesh.devices.reshape(-1, 2)],

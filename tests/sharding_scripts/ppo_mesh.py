@@ -64,10 +64,10 @@ out["ppo"] = {
     "param_diff": where_max_diff(single.params, sharded.params),
     "grad_mu_diff": where_max_diff(single.opt_state, sharded.opt_state),
     "changed": where_max_diff(params, sharded.params),
-    "policy_q_b": shard_info(sharded.params["policy"].tree["layers_0"]["attn"]["q_proj"]["b"]),
-    "critic_down_a": shard_info(sharded.params["critic"]["model"].tree["layers_1"]["mlp"]["down_proj"]["a"]),
+    "policy_q_b": shard_info(sharded.params["policy"].tree["layers"]["attn"]["q_proj"]["b"]),
+    "critic_down_a": shard_info(sharded.params["critic"]["model"].tree["layers"]["mlp"]["down_proj"]["a"]),
     "value_head": shard_info(sharded.params["critic"]["head"]["kernel"]),
-    "base_gate": shard_info(mesh_base["layers_0"]["mlp"]["gate_proj"]["kernel"]),
+    "base_gate": shard_info(mesh_base["layers"]["mlp"]["gate_proj"]["kernel"]),
     "lm_head": shard_info(mesh_base["lm_head"]),
 }
 report(out)

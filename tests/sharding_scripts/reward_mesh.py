@@ -32,16 +32,16 @@ for _ in range(STEPS):
     sharded, m8 = mesh_step(sharded, mesh_base, data)
     losses_single.append(float(m1["loss"]))
     losses_mesh.append(float(m8["loss"]))
-lora = sharded.params.model.tree["layers_0"]
+lora = sharded.params.model.tree["layers"]
 report({
     "loss_single": losses_single, "loss_mesh": losses_mesh,
     "param_diff": where_max_diff(single.params, sharded.params),
     "grad_mu_diff": where_max_diff(single.opt_state[1][0].mu, sharded.opt_state[1][0].mu),
-    "c_attn": shard_info(mesh_base["layers_0"]["attn"]["c_attn"]["kernel"]),
-    "c_attn_bias": shard_info(mesh_base["layers_0"]["attn"]["c_attn"]["bias"]),
-    "attn_c_proj": shard_info(mesh_base["layers_0"]["attn"]["c_proj"]["kernel"]),
-    "c_fc": shard_info(mesh_base["layers_0"]["mlp"]["c_fc"]["kernel"]),
-    "mlp_c_proj": shard_info(mesh_base["layers_0"]["mlp"]["c_proj"]["kernel"]),
+    "c_attn": shard_info(mesh_base["layers"]["attn"]["c_attn"]["kernel"]),
+    "c_attn_bias": shard_info(mesh_base["layers"]["attn"]["c_attn"]["bias"]),
+    "attn_c_proj": shard_info(mesh_base["layers"]["attn"]["c_proj"]["kernel"]),
+    "c_fc": shard_info(mesh_base["layers"]["mlp"]["c_fc"]["kernel"]),
+    "mlp_c_proj": shard_info(mesh_base["layers"]["mlp"]["c_proj"]["kernel"]),
     "pos_embed": shard_info(mesh_base["pos_embed"]["embedding"]),
     "lora_c_attn_a": shard_info(lora["attn"]["c_attn"]["a"]),
     "lora_c_attn_b": shard_info(lora["attn"]["c_attn"]["b"]),

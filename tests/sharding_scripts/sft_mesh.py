@@ -50,12 +50,12 @@ out["full"] = {
     "loss_single": losses_single, "loss_mesh": losses_mesh,
     "param_diff": where_max_diff(single.params, sharded.params),
     "opt_diff": where_max_diff(single.opt_state, sharded.opt_state),
-    "q_proj": shard_info(sharded.params["layers_0"]["attn"]["q_proj"]["kernel"]),
-    "o_proj": shard_info(sharded.params["layers_0"]["attn"]["o_proj"]["kernel"]),
-    "down_proj": shard_info(sharded.params["layers_1"]["mlp"]["down_proj"]["kernel"]),
+    "q_proj": shard_info(sharded.params["layers"]["attn"]["q_proj"]["kernel"]),
+    "o_proj": shard_info(sharded.params["layers"]["attn"]["o_proj"]["kernel"]),
+    "down_proj": shard_info(sharded.params["layers"]["mlp"]["down_proj"]["kernel"]),
     "embed": shard_info(sharded.params["embed"]["embedding"]),
     "norm": shard_info(sharded.params["final_norm"]["scale"]),
-    "adam_mu_q_proj": shard_info(sharded.opt_state[1][0].mu["layers_0"]["attn"]["q_proj"]["kernel"]),
+    "adam_mu_q_proj": shard_info(sharded.opt_state[1][0].mu["layers"]["attn"]["q_proj"]["kernel"]),
     "changed": max_diff(base, sharded.params),
 }
 
@@ -73,7 +73,7 @@ out["accum"] = {
     "loss_big": losses_single[0], "loss_micro_mean": (float(m_a["loss"]) + float(m_b["loss"])) / 2,
     "param_diff": where_max_diff(first.params, acc.params), "changed": max_diff(base, acc.params),
     "unchanged_after_first_micro_step": after_first,
-    "acc_grads_q_proj": shard_info(acc.opt_state.acc_grads["layers_0"]["attn"]["q_proj"]["kernel"]),
+    "acc_grads_q_proj": shard_info(acc.opt_state.acc_grads["layers"]["attn"]["q_proj"]["kernel"]),
 }
 
 # 3. bfloat16 base (sharded, frozen) under a float32 LoRA adapter with float32 Adam state; the
@@ -96,9 +96,9 @@ logits = jax.eval_shape(lambda v, t, am: model16.apply(v, t, attention_mask=am).
                         {"params": base16, "lora": s16.params.tree}, data.input_ids, data.attention_mask)
 out["bf16"] = {
     "losses": losses16, "loss_f32": losses_single[0], "logits_dtype": str(logits.dtype),
-    "base_q_proj": shard_info(base16["layers_0"]["attn"]["q_proj"]["kernel"]),
-    "lora_a": shard_info(s16.params.tree["layers_0"]["attn"]["q_proj"]["a"]),
-    "lora_b": shard_info(s16.params.tree["layers_0"]["attn"]["q_proj"]["b"]),
+    "base_q_proj": shard_info(base16["layers"]["attn"]["q_proj"]["kernel"]),
+    "lora_a": shard_info(s16.params.tree["layers"]["attn"]["q_proj"]["a"]),
+    "lora_b": shard_info(s16.params.tree["layers"]["attn"]["q_proj"]["b"]),
     "base_dtypes": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(base16)}),
     "adapter_dtypes": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(s16.params)}),
     "adam_dtypes": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(s16.opt_state[1][0].mu)}),

@@ -33,7 +33,7 @@ for name, lora in (("sft_lora", LoraConfig(rank=4, alpha=8.0)), ("sft_full", Non
     r = [train_sft(cfg, base, tok, SFT_ROWS, SFTConfig(lora=lora, batch_size=8, max_length=10, eval_fraction=0.2,
                                                  optim=optim, run=run(m))) for m in (None, MESH)]
     out[name] = {"loss": [[h["loss"] for h in x.history] for x in r], "param_diff": max_diff(r[0].params, r[1].params),
-                 "q_spec": [str(s) for s in r[1].params["layers_0"]["attn"]["q_proj"]["kernel"].sharding.spec]}
+                 "q_spec": [str(s) for s in r[1].params["layers"]["attn"]["q_proj"]["kernel"].sharding.spec]}
 pairs = [{"prompt": P[i], "chosen": C[i], "rejected": C[(i + 1) % 40]} for i in range(40)]
 r = [train_reward_model(cfg, base, tok, pairs, RewardConfig(lora=LoraConfig(rank=4, alpha=8.0), batch_size=8,
                                                             max_length=24, optim=optim, run=run(m)))
@@ -47,7 +47,7 @@ pc = lambda m: PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, critic_i
 res = [train_ppo(cfg, base, tok, tiny_prompts(), target, pc(m)) for m in (None, MESH)]
 out["ppo"] = {k: [[h[k] for h in x.history] for x in res] for k in ("score", "kl", "loss", "value_loss")}
 out["ppo"]["param_diff"] = max_diff(res[0].state.params, res[1].state.params)
-out["ppo"]["b_spec"] = [str(s) for s in res[1].state.params["policy"].tree["layers_0"]["attn"]["q_proj"]["b"].sharding.spec]
+out["ppo"]["b_spec"] = [str(s) for s in res[1].state.params["policy"].tree["layers"]["attn"]["q_proj"]["b"].sharding.spec]
 out["devices"] = jax.device_count()
 with open(sys.argv[1], "w") as f:
     json.dump(out, f)

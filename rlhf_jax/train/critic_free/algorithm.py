@@ -12,7 +12,12 @@ critic. One step on ``P`` prompts x ``G`` completions (rows of a prompt contiguo
    ``beta * KL`` to it), each normalised by the whole batch's counts so that the split does not
    change the objective.
 
-Scores that are non-finite or beyond ``reward_bound`` skip every update of the step (counted).
+Every pass computes each group's prompt once (``shared_prompt``, the default: the ``G``
+completions attend to one prefill of their prompt, with gradient) and, for long completions or
+large vocabularies, the LM head over chunks (``logit_chunk``).
+
+Scores that are non-finite or beyond ``reward_bound``, and groups whose rows do not share their
+prompt (with ``shared_prompt``), skip every update of the step (counted).
 """
 
 from __future__ import annotations
@@ -23,11 +28,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from rlhf_jax.losses import (entropy_from_logits, group_advantages, grpo_loss, kl_penalty, masked_mean, masked_sum,
-                             reinforce_pp_advantages, rloo_advantages, sequence_policy_loss, token_logprobs,
-                             zero_variance_groups)
+from rlhf_jax.losses import (group_advantages, grpo_loss, kl_penalty, masked_mean, masked_sum, reinforce_pp_advantages,
+                             rloo_advantages, sequence_policy_loss, zero_variance_groups)
 from rlhf_jax.model import ModelConfig
-from rlhf_jax.rollout import Rollout, response_logits
+from rlhf_jax.rollout import Rollout, grouped_response_hidden, hidden_logprobs_entropy, response_hidden
 from rlhf_jax.train.algorithm import Algorithm
 from rlhf_jax.train.critic_free.config import CriticFreeConfig, GRPOConfig, ReinforcePPConfig, RLOOConfig
 from rlhf_jax.train.optim import guarded_update
@@ -61,11 +65,29 @@ class GroupExperience(NamedTuple):
     """Only for a KL term in the loss (GRPO)."""
 
 
-def policy_logits(model_config: ModelConfig, params: PyTree, base: PyTree, tokens, attention_mask, n: int):
-    """The policy's forward pass over a rollout's ``n`` completion tokens: the ONE place the
-    critic-free algorithms run it (its no-gradient and its training use), so that a faster pass
-    (the prompt once per group) is swapped in here."""
-    return response_logits(model_config, params, base, tokens, attention_mask, n)
+def completion_hidden(model_config: ModelConfig, params: PyTree | None, base: PyTree, tokens, attention_mask, n: int,
+                      group_size: int = 1, *, grad: bool = True):
+    """Hidden states predicting a rollout's last ``n`` tokens for ``base`` + ``params`` (``None``:
+    the reference): the ONE forward pass of the critic-free algorithms (reference, old policy,
+    training). ``group_size > 1``: rows ``b*G .. b*G+G-1`` share their prompt (the first
+    ``S - n`` columns), computed once from row ``b*G`` (:func:`rlhf_jax.rollout.grouped_response_hidden`);
+    ``1``: every row's whole sequence. ``grad=False``: a pass without gradient (the shared prompt's
+    cache is then written in place)."""
+    if group_size == 1:
+        return response_hidden(model_config, params, base, tokens, attention_mask, n)
+    p = tokens.shape[1] - n
+    return grouped_response_hidden(model_config, params, base, tokens[::group_size, :p], attention_mask[::group_size, :p],
+                                   tokens[:, p:], attention_mask[:, p:], group_size=group_size,
+                                   scan_cache="layers" if grad else "carry")
+
+
+def group_prompt_mismatch(tokens, attention_mask, n: int, group_size: int):
+    """Groups (of ``group_size`` contiguous rows) whose rows do not all carry the same prompt
+    (tokens and mask of the first ``S - n`` columns): ``[rows / G]`` bool."""
+    p = tokens.shape[1] - n
+    t = tokens[:, :p].reshape(-1, group_size, p)
+    m = attention_mask[:, :p].reshape(-1, group_size, p)
+    return jnp.any((m != m[:, :1]) | ((t != t[:, :1]) & (m > 0)), axis=(1, 2))
 
 
 AdvantageFn = Callable[..., tuple[Array, dict]]
@@ -130,15 +152,17 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
     else:
         old_source = config.old_logprobs
     kl_estimator = getattr(config, "kl_estimator", "k1")
+    pass_group = g if config.grouped_passes else 1  # rows sharing one prompt computation
 
     def init(key, base) -> TrainState:
         k_policy, k_run = jax.random.split(key)
         params = init_trainable(model_config, base, config.policy_lora, k_policy)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), k_run, jnp.zeros((), jnp.int32))
 
-    def logprobs(params, base, tokens, mask, n):
-        logits = policy_logits(model_config, params, base, tokens, mask, n)
-        return token_logprobs(logits, tokens[:, tokens.shape[1] - n:], temperature=temp), logits
+    def logprobs(params, base, tokens, mask, n, entropy=False, grad=False):
+        hidden = completion_hidden(model_config, params, base, tokens, mask, n, pass_group, grad=grad)
+        return hidden_logprobs_entropy(model_config, params, base, hidden, tokens[:, tokens.shape[1] - n:],
+                                       temperature=temp, entropy=entropy, chunk=config.logit_chunk)
 
     def experience(state: TrainState, base, batch: GroupBatch):
         ro = batch.rollout
@@ -151,9 +175,7 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
             scores = jnp.where(ro.eos_reached, scores, scores - config.missing_eos_penalty)
         bad = ~jnp.isfinite(scores) | (jnp.abs(scores) > config.reward_bound)
         scores = jnp.where(bad, 0.0, scores)  # the step is skipped; keep the arithmetic finite
-        resp = tokens[:, tokens.shape[1] - n:]
-        ref_logp = token_logprobs(response_logits(model_config, None, base, tokens, mask, n), resp,
-                                  temperature=temp) if need_ref else None
+        ref_logp = logprobs(None, base, tokens, mask, n)[0] if need_ref else None
         old_logp = {"recompute": lambda: logprobs(state.params, base, tokens, mask, n)[0],
                     "sampler": lambda: ro.logprobs.astype(jnp.float32), "current": lambda: None}[old_source]()
         adv, adv_metrics = advantages(config, scores, old_logp, ref_logp, rmask)
@@ -168,17 +190,22 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
             if config.filter_zero_std:
                 keep_rows = 1.0 - jnp.repeat(zero, g).astype(jnp.float32)
         metrics["rows_kept"] = jnp.sum(keep_rows)
+        ok = ~jnp.any(bad)
+        if pass_group > 1:  # the shared prompt passes need each group's rows to carry one prompt
+            mismatch = group_prompt_mismatch(tokens, mask, n, g)
+            metrics["prompt_mismatch"] = jnp.sum(mismatch)
+            ok &= ~jnp.any(mismatch)
         if need_ref and old_logp is not None:  # the KL of the policy that sampled the batch, nats per completion
             metrics["kl"] = jnp.mean(masked_sum(kl_penalty(jnp.where(rmask > 0, old_logp, 0.0),
                                                            jnp.where(rmask > 0, ref_logp, 0.0),
                                                            estimator=kl_estimator), rmask, axis=1))
         exp = GroupExperience(tokens, mask, rmask * keep_rows[:, None], adv, old_logp,
                               ref_logp if kl_in_loss else None)
-        return jax.tree_util.tree_map(jax.lax.stop_gradient, exp), metrics, ~jnp.any(bad)
+        return jax.tree_util.tree_map(jax.lax.stop_gradient, exp), metrics, ok
 
     def loss_fn(params, base, mb: GroupExperience, num_tokens, num_sequences):
         n = mb.loss_mask.shape[1]
-        logp, logits = logprobs(params, base, mb.tokens, mb.attention_mask, n)
+        logp, ent = logprobs(params, base, mb.tokens, mb.attention_mask, n, entropy=config.log_entropy, grad=True)
         old = jax.lax.stop_gradient(logp) if mb.old_logp is None else mb.old_logp
         if config.loss_type == "sequence":
             loss, m = sequence_policy_loss(logp, old, mb.advantages, mb.loss_mask, clip_eps=config.clip_eps,
@@ -192,8 +219,7 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
         out = {k: m[k] for k in ("loss", "policy_loss", "clip_frac", "approx_kl", "ratio_max", "kl_per_sequence")
                if k in m}
         if config.log_entropy:
-            out["entropy"] = masked_mean(entropy_from_logits(jax.lax.stop_gradient(logits), temperature=temp),
-                                         mb.loss_mask)
+            out["entropy"] = masked_mean(jax.lax.stop_gradient(ent), mb.loss_mask)
         return loss, out
 
     def step(state: TrainState, base, batch: GroupBatch):
@@ -209,16 +235,18 @@ def _make(model_config: ModelConfig, optimizer, config: CriticFreeConfig, kind: 
         num_sequences = metrics["rows_kept"] / per_pass
         if per_pass == 1:
             order = jnp.tile(jnp.arange(rows)[None], (config.num_iterations, 1))
-        else:
-            order = jnp.concatenate([jax.random.permutation(jax.random.fold_in(key, e), rows)
-                                     for e in range(config.num_iterations)]).reshape(-1, mini)
+        else:  # shuffled rows, or shuffled whole groups when the passes share each group's prompt
+            k = pass_group
+            order = jnp.concatenate([
+                (jax.random.permutation(jax.random.fold_in(key, e), rows // k)[:, None] * k + jnp.arange(k)).reshape(-1)
+                for e in range(config.num_iterations)]).reshape(-1, mini)
 
         def one(carry, idx):
             params, opt_state, skipped = carry
             mb = jax.tree_util.tree_map(lambda x: x[idx], exp)
             (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, base, mb, num_tokens,
                                                                           num_sequences)
-            loss = jnp.where(scores_ok, loss, jnp.nan)  # a bad score poisons every advantage: skip
+            loss = jnp.where(scores_ok, loss, jnp.nan)  # a bad score (or group) poisons the advantages: skip
             params, opt_state, sk = guarded_update(params, opt_state, grads, loss, optimizer)
             return (params, opt_state, skipped + sk), m
 

@@ -29,6 +29,19 @@ class CriticFreeConfig:
     mini_batch_size: int | None = None
     """Completions per gradient update; ``batch_size * group_size`` must be a multiple.
     ``None``: all of them (one update per iteration)."""
+    shared_prompt: bool = True
+    """Compute each group's prompt ONCE in the reference, old-policy and training passes (its keys
+    and values, with gradient, shared by the group's ``G`` completions:
+    :mod:`rlhf_jax.rollout.shared_prefix`; equal to row-wise passes within float rounding). Needs
+    ``group_size >= 2`` and minibatches of whole groups (``mini_batch_size`` a multiple of
+    ``group_size``; minibatches then shuffle groups, not rows); otherwise the passes run row by
+    row. The rows of a group must carry the same prompt (the drivers' batches do): a batch whose
+    group rows differ is skipped, counted in ``prompt_mismatch``."""
+    logit_chunk: int | None = None
+    """Completion positions per chunk of the LM head in every pass (:mod:`rlhf_jax.losses.chunked`:
+    log-probs and entropy from hidden states, the float32 ``[rows, N, V]`` logits never built);
+    ``0``: whole logits; ``None`` (auto): chunks of 128 once a pass's logits would exceed 1 GiB
+    (:func:`rlhf_jax.rollout.logit_chunk_size`)."""
     num_iterations: int = 1
     """mu: passes over each batch (each pass reshuffles the minibatches); the importance ratio
     against the sampling policy corrects the later updates."""
@@ -94,6 +107,12 @@ class CriticFreeConfig:
         at_least(self, "missing_eos_penalty", 0, optional=True)
         at_least(self, "max_prompt_length", 1, integer=True, optional=True)
         at_least(self, "threshold_window", 1, integer=True)
+        at_least(self, "logit_chunk", 0, integer=True, optional=True)
+
+    @property
+    def grouped_passes(self) -> bool:
+        """Whether the passes compute each group's prompt once (see ``shared_prompt``)."""
+        return self.shared_prompt and self.group_size > 1 and (self.mini_batch_size or self.rows) % self.group_size == 0
 
     @property
     def rows(self) -> int:

@@ -18,7 +18,8 @@ from jaxtyping import Array, Float
 
 from rlhf_jax.losses import dpo_loss, ipo_loss, sequence_logprobs
 from rlhf_jax.model import ModelConfig
-from rlhf_jax.rollout.shared_prefix import grouped_response_logprobs
+from rlhf_jax.rollout.forward import hidden_logprobs_entropy
+from rlhf_jax.rollout.shared_prefix import grouped_response_hidden
 from rlhf_jax.train.algorithm import Algorithm
 from rlhf_jax.train.dpo.config import DPOBatch, DPOConfig
 from rlhf_jax.train.grouped_batches import grouped_rows
@@ -30,20 +31,24 @@ PyTree = Any
 
 
 def pair_logprobs(model_config: ModelConfig, trainable: PyTree | None, base: PyTree | None, batch: DPOBatch, *,
-                  key: jax.Array | None = None) -> Float[Array, "B 2"]:
+                  key: jax.Array | None = None, chunk: int | None = None, grad: bool = True) -> Float[Array, "B 2"]:
     """Sequence log-probs ``sum_t log pi(y_t | x, y_<t)`` of the chosen (``[:, 0]``) and rejected
     (``[:, 1]``) completions under ``base`` + ``trainable`` (``None``: the base alone, the
-    reference), float32, the prompt computed once per pair."""
+    reference), float32, the prompt computed once per pair; ``chunk``: the LM head over chunks of
+    completion positions (see :func:`rlhf_jax.rollout.logit_chunk_size`); ``grad=False`` for a pass
+    without gradient (the prompt's cache written in place)."""
     b, g, c = batch.completion_ids.shape
     ids, mask = batch.completion_ids.reshape(b * g, c), batch.completion_mask.reshape(b * g, c)
-    logps = grouped_response_logprobs(model_config, trainable, base, batch.prompt_ids, batch.prompt_mask, ids, mask,
-                                      group_size=g, key=key)
+    hidden = grouped_response_hidden(model_config, trainable, base, batch.prompt_ids, batch.prompt_mask, ids, mask,
+                                     group_size=g, key=key, scan_cache="layers" if grad else "carry")
+    logps, _ = hidden_logprobs_entropy(model_config, trainable, base, hidden, ids, chunk=chunk)
     return sequence_logprobs(logps, mask).reshape(b, g)
 
 
-def reference_logprobs(model_config: ModelConfig, base: PyTree, batch: DPOBatch) -> Float[Array, "B 2"]:
+def reference_logprobs(model_config: ModelConfig, base: PyTree, batch: DPOBatch, *,
+                       chunk: int | None = None) -> Float[Array, "B 2"]:
     """The reference's sequence log-probs: the frozen base alone (no gradient)."""
-    return jax.lax.stop_gradient(pair_logprobs(model_config, None, base, batch))
+    return jax.lax.stop_gradient(pair_logprobs(model_config, None, base, batch, chunk=chunk, grad=False))
 
 
 def dpo_objective(config: DPOConfig, policy: Float[Array, "B 2"], reference: Float[Array, "B 2"],
@@ -80,8 +85,9 @@ def dpo_batch_loss(model_config: ModelConfig, config: DPOConfig, trainable: PyTr
                    *, key: jax.Array | None = None) -> tuple[Float[Array, ""], dict]:
     """``(loss, metrics)`` of one batch: the policy ``base`` + ``trainable`` against the
     reference (``batch.ref_logps`` when cached, else the base alone, computed here)."""
-    policy = pair_logprobs(model_config, trainable, base, batch, key=key)
-    reference = reference_logprobs(model_config, base, batch) if batch.ref_logps is None else batch.ref_logps
+    policy = pair_logprobs(model_config, trainable, base, batch, key=key, chunk=config.logit_chunk)
+    reference = (reference_logprobs(model_config, base, batch, chunk=config.logit_chunk) if batch.ref_logps is None
+                 else batch.ref_logps)
     lengths = jnp.sum(batch.completion_mask, axis=-1).astype(jnp.float32)
     return dpo_objective(config, policy, jnp.asarray(reference, jnp.float32), lengths)
 

@@ -47,6 +47,10 @@ class DPOConfig:
     pad_multiple: int = 8
     """Each batch's prompts and completions are cut to their longest row, rounded up to a
     multiple of this (a few compiled shapes); ``0``: the data's full widths (one shape)."""
+    logit_chunk: int | None = None
+    """Completion positions per chunk of the LM head (:mod:`rlhf_jax.losses.chunked`: the float32
+    ``[2B, C, V]`` logits never built); ``0``: whole logits; ``None`` (auto): chunks of 128 once a
+    pass's logits would exceed 1 GiB (:func:`rlhf_jax.rollout.logit_chunk_size`)."""
     eval_fraction: float = 0.1
     """Share of the pairs held out for evaluation (loss, preference accuracy, margin)."""
     eval_every: int = 0
@@ -67,6 +71,7 @@ class DPOConfig:
         at_least(self, "max_prompt_length", 1, integer=True)
         at_least(self, "max_completion_length", 1, integer=True)
         at_least(self, "pad_multiple", 0, integer=True)
+        at_least(self, "logit_chunk", 0, integer=True, optional=True)
         in_range(self, "eval_fraction", 0, 1, high_open=True)
         at_least(self, "eval_every", 0, integer=True)
 

@@ -15,10 +15,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.losses import (KLControllerState, adaptive_kl_controller, entropy_from_logits, fixed_kl_controller,
-                             ppo_loss, token_logprobs)
+from rlhf_jax.losses import KLControllerState, adaptive_kl_controller, fixed_kl_controller, ppo_loss
 from rlhf_jax.model import ModelConfig, init_head
-from rlhf_jax.rollout import response_logits
+from rlhf_jax.rollout import response_logprobs_entropy
 from rlhf_jax.train.algorithm import Algorithm
 from rlhf_jax.train.optim import guarded_update
 from rlhf_jax.train.ppo.config import PPOConfig
@@ -77,10 +76,10 @@ def make_ppo(model_config: ModelConfig, optimizer, config: PPOConfig) -> Algorit
 
     def loss_fn(params, base, mb: Experience):
         n = mb.response_mask.shape[1]
-        logits = response_logits(model_config, params["policy"], base, mb.tokens, mb.attention_mask, n)
-        logp = token_logprobs(logits, mb.tokens[:, mb.tokens.shape[1] - n:], temperature=temp)
+        logp, entropy, _ = response_logprobs_entropy(model_config, params["policy"], base, mb.tokens, mb.attention_mask,
+                                                     n, temperature=temp, entropy=bool(config.entropy_coef),
+                                                     chunk=config.logit_chunk)
         values = critic_values(model_config, params["critic"], base, mb.tokens, mb.attention_mask, n)
-        entropy = entropy_from_logits(logits, temperature=temp) if config.entropy_coef else None
         loss, m = ppo_loss(logp, mb.old_logp, mb.advantages, values, mb.old_values, mb.returns, mb.response_mask,
                            entropy=entropy, clip_eps=config.clip_eps, value_clip_eps=config.value_clip_eps,
                            vf_coef=config.vf_coef, entropy_coef=config.entropy_coef)

@@ -83,6 +83,17 @@ class PPOConfig:
     """Stop once the mean score over the last ``threshold_window`` steps reaches this."""
     threshold_window: int = 5
     """Steps averaged for ``reward_threshold``."""
+    logit_chunk: int | None = None
+    """Response positions per chunk of the LM head in the experience pass and the update
+    (:mod:`rlhf_jax.losses.chunked`: log-probs, entropy and the exact KL from hidden states, the
+    float32 ``[B, N, V]`` logits never built); ``0``: whole logits; ``None`` (auto): chunks of 128
+    once a pass's logits would exceed 1 GiB (:func:`rlhf_jax.rollout.logit_chunk_size`).
+    Rematerialisation of the blocks is the model's ``ModelConfig.remat``."""
+    experience_batch: int | None = None
+    """Rollout rows per forward pass of the experience pass (policy, reference and critic passes
+    run over groups of this many rows, one after the other, so a 64-row rollout of a 7B model does
+    not need 64 rows of activations at once); ``batch_size`` must be a multiple. ``None``: the whole
+    batch in one pass (fastest for small models)."""
     optim: OptimConfig = OptimConfig(learning_rate=1e-4)
     """Optimizer of the policy and critic adapters (one optimizer, joint loss)."""
     run: RunConfig = RunConfig()
@@ -109,3 +120,7 @@ class PPOConfig:
         at_least(self, "missing_eos_penalty", 0, optional=True)
         at_least(self, "max_prompt_length", 1, integer=True, optional=True)
         at_least(self, "threshold_window", 1, integer=True)
+        at_least(self, "logit_chunk", 0, integer=True, optional=True)
+        at_least(self, "experience_batch", 1, integer=True, optional=True)
+        if self.experience_batch is not None:
+            multiple_of(self, "batch_size", "experience_batch")

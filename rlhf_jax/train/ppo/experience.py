@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from rlhf_jax.losses import (entropy_from_logits, exact_kl_from_logits, gae, kl_penalty, kl_shaped_rewards,
-                             masked_mean, masked_whiten, token_logprobs)
+from rlhf_jax.losses import gae, kl_penalty, kl_shaped_rewards, masked_mean, masked_whiten
 from rlhf_jax.model import ModelConfig, value_head
-from rlhf_jax.rollout import Rollout, response_hidden, response_logits
+from rlhf_jax.rollout import Rollout, response_exact_kl, response_hidden, response_logprobs_entropy
 from rlhf_jax.train.ppo.config import PPOConfig
 
 PyTree = Any
@@ -95,14 +94,34 @@ def make_ppo_experience(model_config: ModelConfig, config: PPOConfig):
         ro = batch.rollout
         tokens, mask, rmask = ro.tokens, ro.attention_mask, ro.response_mask
         n = rmask.shape[1]
-        resp = tokens[:, tokens.shape[1] - n:]
-        logits = response_logits(model_config, state.params["policy"], base, tokens, mask, n) if need_logits else None
-        ref_logits = response_logits(model_config, None, base, tokens, mask, n)
-        # the sampler's log-probs: log softmax(logits / temp)[token] over the full vocabulary
-        logp = token_logprobs(logits, resp, temperature=temp) if recompute else ro.logprobs.astype(jnp.float32)
-        ref_logp = token_logprobs(ref_logits, resp, temperature=temp)
-        values = critic_values(model_config, state.params["critic"], base, tokens, mask, n)
-        exact = exact_kl_from_logits(logits, ref_logits, temperature=temp) if config.kl_estimator == "full" else None
+        b = tokens.shape[0]
+        rows = config.experience_batch or b
+        if b % rows:
+            raise ValueError(f"PPO experience: a rollout of {b} rows does not split into experience_batch={rows}; "
+                             "make batch_size a multiple of it")
+
+        def passes(x):  # the forward passes over one group of rows
+            tok, msk = x["tokens"], x["mask"]
+            pass_kw = dict(temperature=temp, chunk=config.logit_chunk)
+            out = {}
+            if need_logits:
+                out["logp"], out["entropy"], hidden = response_logprobs_entropy(
+                    model_config, state.params["policy"], base, tok, msk, n, entropy=True, **pass_kw)
+            out["ref_logp"], _, ref_hidden = response_logprobs_entropy(model_config, None, base, tok, msk, n, **pass_kw)
+            out["values"] = critic_values(model_config, state.params["critic"], base, tok, msk, n)
+            if config.kl_estimator == "full":
+                out["kl"] = response_exact_kl(model_config, state.params["policy"], base, hidden, ref_hidden, **pass_kw)
+            return out
+
+        x = {"tokens": tokens, "mask": mask}
+        if rows == b:
+            out = passes(x)
+        else:
+            groups = jax.tree_util.tree_map(lambda a: a.reshape(b // rows, rows, *a.shape[1:]), x)
+            out = jax.tree_util.tree_map(lambda a: a.reshape(b, *a.shape[2:]), jax.lax.map(passes, groups))
+        # recompute, or the sampler's log-probs: log softmax(logits / temp)[token] over the full vocabulary
+        logp = out["logp"] if recompute else ro.logprobs.astype(jnp.float32)
+        ref_logp, values, exact = out["ref_logp"], out["values"], out.get("kl")
         adv = advantages_from_arrays(logp, ref_logp, values, batch.scores, rmask, ro.eos_reached,
                                      beta=state.kl.beta, config=config, kl=exact)
         seq_kl = jnp.sum(adv.kl, axis=1)
@@ -114,8 +133,8 @@ def make_ppo_experience(model_config: ModelConfig, config: PPOConfig):
             "eos_rate": jnp.mean(ro.eos_reached.astype(jnp.float32)),
             "value_mean": masked_mean(values, rmask), "return_mean": masked_mean(adv.returns, rmask),
         }
-        if logits is not None:  # no policy logits with old_logprobs="sampler": no entropy metric
-            metrics["entropy"] = masked_mean(entropy_from_logits(logits, temperature=temp), rmask)
+        if need_logits:  # no policy pass with old_logprobs="sampler" (and a sampled-token KL): no entropy metric
+            metrics["entropy"] = masked_mean(out["entropy"], rmask)
         exp = Experience(tokens, mask, rmask, logp, values, adv.advantages, adv.returns)
         return jax.tree_util.tree_map(jax.lax.stop_gradient, exp), metrics, seq_kl
 
