@@ -131,6 +131,20 @@ def _abstract_state(algo, base, **kw):
     return jax.eval_shape(lambda k, b: algo.init(k, b, **kw), jax.random.PRNGKey(0), base)
 
 
+def _abstract_rollout(rows: int, tokens: int, n: int):
+    """``(Rollout, scores)`` as abstract arrays: ``rows`` sequences of ``tokens`` (the last ``n`` the
+    response) and one score per row."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.rollout import Rollout
+
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    r, t = rows, tokens
+    return Rollout(i32(r, t), i32(r, t), i32(r, n), i32(r), jax.ShapeDtypeStruct((r,), jnp.bool_), f32(r, n)), f32(r)
+
+
 def build_sft(cfg, lora_cfg, row: Row, base):
     """``make_sft``'s step: LoRA SFT, the completion NLL from hidden states in chunks of 128
     positions (``SFTConfig(logit_chunk=128)``; whole logits when ``row.before``)."""
@@ -165,10 +179,7 @@ def build_ppo(cfg, lora_cfg, row: Row, base):
     the clipped policy + value loss - 0.01 x entropy on the policy and critic (adapters, or full
     trees with ``row.full``); log-probs and entropy from hidden states in chunks of 128 positions
     unless ``row.before``."""
-    import jax
-    import jax.numpy as jnp
-
-    from rlhf_jax.rollout import Rollout, SamplingConfig
+    from rlhf_jax.rollout import SamplingConfig
     from rlhf_jax.train import PPOConfig, make_ppo
     from rlhf_jax.train.ppo import PPOBatch
 
@@ -179,10 +190,8 @@ def build_ppo(cfg, lora_cfg, row: Row, base):
                        ppo_epochs=1, entropy_coef=0.01, sampling=SamplingConfig(max_new_tokens=n),
                        logit_chunk=0 if row.before else 128, experience_batch=None if row.before else m)
     algo = make_ppo(cfg, _optimizer(), config)
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    ro = Rollout(i32(r, t), i32(r, t), i32(r, n), i32(r), jax.ShapeDtypeStruct((r,), jnp.bool_), f32(r, n))
-    return _abstract_state(algo, base), algo.step, PPOBatch(ro, f32(r))
+    ro, scores = _abstract_rollout(r, t, n)
+    return _abstract_state(algo, base), algo.step, PPOBatch(ro, scores)
 
 
 def build_grpo(cfg, lora_cfg, row: Row, base):
@@ -191,10 +200,7 @@ def build_grpo(cfg, lora_cfg, row: Row, base):
     minibatches of ``row.mini_batch`` completions (whole groups) of the clipped surrogate; each
     group's prompt computed once and log-probs from hidden states in chunks of 128 positions
     unless ``row.before`` (row-wise passes, whole logits)."""
-    import jax
-    import jax.numpy as jnp
-
-    from rlhf_jax.rollout import Rollout, SamplingConfig
+    from rlhf_jax.rollout import SamplingConfig
     from rlhf_jax.train import GRPOConfig, GroupBatch, make_grpo
 
     r, t, m, g = row.batch, row.seq, row.mini_batch, 8
@@ -203,10 +209,7 @@ def build_grpo(cfg, lora_cfg, row: Row, base):
                         kl_coef=0.04, sampling=SamplingConfig(max_new_tokens=n), shared_prompt=not row.before,
                         logit_chunk=0 if row.before else 128)
     algo = make_grpo(cfg, _optimizer(), config)
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    ro = Rollout(i32(r, t), i32(r, t), i32(r, n), i32(r), jax.ShapeDtypeStruct((r,), jnp.bool_), f32(r, n))
-    return _abstract_state(algo, base), algo.step, GroupBatch(ro, f32(r))
+    return _abstract_state(algo, base), algo.step, GroupBatch(*_abstract_rollout(r, t, n))
 
 
 def build_dpo(cfg, lora_cfg, row: Row, base):
