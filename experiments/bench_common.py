@@ -37,17 +37,20 @@ TINY_SHAPE = dict(width=32, layers=1, heads=2, kv_heads=2, intermediate=64)
 
 def gpu_model_config(*, tiny: bool = False):
     """A 0.5B-class Llama-family config in bfloat16 (the Qwen2-0.5B shape: vocab 151936, width 896,
-    24 blocks, 14 query / 2 key-value heads, SwiGLU 4864, q/k/v bias, tied embeddings).
-    ``tiny=True``: the same kind of config shrunk, to check the GPU mode's code path on a CPU."""
+    24 blocks, 14 query / 2 key-value heads, SwiGLU 4864, q/k/v bias, tied embeddings), with the
+    scale options on: layer scan, ``remat="block"``, attention "auto" (cuDNN flash attention on a
+    GPU). ``tiny=True``: the same kind of config shrunk, to check the GPU mode's code path on a CPU."""
     from rlhf_jax.model import ModelConfig
 
     if tiny:
         return ModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                            intermediate_size=128, qkv_bias=True, tie_word_embeddings=True, dtype="bfloat16",
-                           max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                           max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                           scan_layers=True, remat="block", attention="auto")
     return ModelConfig(vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
                        intermediate_size=4864, qkv_bias=True, tie_word_embeddings=True, dtype="bfloat16",
-                       max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                       max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                       scan_layers=True, remat="block", attention="auto")
 
 
 def add_common_args(p) -> None:
