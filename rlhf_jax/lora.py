@@ -328,8 +328,45 @@ def model_variables(base: PyTree | None, trainable: PyTree | None) -> dict:
     if isinstance(trainable, Adapter):
         if base is None:
             raise ValueError("model_variables: an Adapter needs the base it adapts")
+        _check_adapter_modules(base, trainable.tree)
         return {"params": base, "lora": trainable.tree}
     return {"params": trainable}
+
+
+_LAYER_KEY = re.compile(rf"{LAYERS}_(\d+)")
+
+
+def _check_adapter_modules(base: PyTree, tree: PyTree) -> None:
+    """An adapter whose modules are not the base's would be ignored by ``apply`` (an unused
+    variable collection): the model would silently run as the bare base. Fail instead."""
+    if not hasattr(base, "keys") or not hasattr(tree, "keys"):
+        return
+    stray = sorted(set(tree) - set(base))
+    if stray:
+        hint = (" (per-layer modules: a tree saved before the blocks were stacked; load it with "
+                "rlhf_jax.lora.stack_layer_modules(tree))" if any(_LAYER_KEY.fullmatch(k) for k in stray) else "")
+        raise ValueError(f"adapter modules {stray[:4]} are not in the base (its modules: {sorted(base)}){hint}")
+
+
+def stack_layer_modules(tree: PyTree) -> PyTree:
+    """A tree with one subtree per block (``layers_0``, ``layers_1``...: the layout files written
+    before the blocks were stacked) with those subtrees stacked into ``layers`` on a leading layer
+    axis, the layout the model takes; any other tree is returned as it is. Raises when the blocks
+    are not numbered 0..L-1 or their subtrees differ in structure or shape."""
+    if not hasattr(tree, "keys"):
+        return tree
+    blocks = {int(m.group(1)): k for k in tree if (m := _LAYER_KEY.fullmatch(k))}
+    if not blocks:
+        return tree
+    if LAYERS in tree or sorted(blocks) != list(range(len(blocks))):
+        raise ValueError(f"per-layer modules {sorted(blocks.values())[:4]}... cannot be stacked: expected "
+                         f"{LAYERS}_0..{LAYERS}_{len(blocks) - 1} and no {LAYERS!r} subtree")
+    subtrees = [tree[blocks[i]] for i in range(len(blocks))]
+    try:
+        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *subtrees)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"per-layer modules differ in structure or shape, cannot be stacked: {e}") from None
+    return {**{k: v for k, v in tree.items() if k not in blocks.values()}, LAYERS: stacked}
 
 
 def outer_params(base: PyTree | None, trainable: PyTree | None) -> PyTree:

@@ -119,3 +119,29 @@ def test_lm_logits_from_hidden_equals_the_model_logits(cfg):
     base, tokens, mask, _ = _setup(cfg)
     out = Transformer(cfg).apply({"params": base}, tokens, attention_mask=mask, return_hidden=True)
     np.testing.assert_allclose(np.asarray(lm_logits(cfg, base, out.hidden)), np.asarray(out.logits), atol=1e-6)
+
+
+def test_per_layer_trees_are_stacked_on_load_and_refused_unstacked(tmp_path):
+    """Files written before the blocks were stacked hold ``layers_0``, ``layers_1``...: an adapter
+    in that layout would be an unused variable collection (the model silently running as the bare
+    base), so model_variables refuses it; stack_layer_modules (and load_reward_model) restack it."""
+    from rlhf_jax.lora import Adapter, model_variables, stack_layer_modules
+    from rlhf_jax.scoring import RewardModel, load_reward_model, reward_scores, save_reward_model
+
+    base, tokens, mask, _ = _setup(LLAMA)
+    tree = _adapter(LLAMA, CFG_A, 1)
+    per_layer = {f"layers_{i}": jax.tree_util.tree_map(lambda x: x[i], tree["layers"]) for i in range(2)}
+    with pytest.raises(ValueError, match=r"adapter modules \['layers_0', 'layers_1'\] are not in the base.*"
+                                         r"stack_layer_modules"):
+        model_variables(base, Adapter(per_layer, CFG_A))
+    restacked = stack_layer_modules(per_layer)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restacked, tree)
+    assert stack_layer_modules(tree) is tree  # already stacked: unchanged
+    with pytest.raises(ValueError, match="expected layers_0..layers_1"):
+        stack_layer_modules({"layers_0": per_layer["layers_0"], "layers_2": per_layer["layers_1"]})
+    # a reward model saved in the old layout loads stacked and scores as the stacked original
+    head = {"kernel": jnp.linspace(-1.0, 1.0, LLAMA.hidden_size), "bias": jnp.zeros(())}
+    old = RewardModel(Adapter(per_layer, CFG_A), head, 1.0, 0.0)
+    loaded = load_reward_model(save_reward_model(str(tmp_path / "rm"), old))
+    want = reward_scores(LLAMA, RewardModel(Adapter(tree, CFG_A), head, 1.0, 0.0), base, tokens, mask)
+    np.testing.assert_allclose(reward_scores(LLAMA, loaded, base, tokens, mask), want, rtol=1e-6)

@@ -10,7 +10,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.lora import Adapter, LoraConfig, _flatten, _unflatten
+from rlhf_jax.lora import Adapter, LoraConfig, _flatten, _unflatten, stack_layer_modules
 from rlhf_jax.scoring.reward_model import RewardModel
 
 WEIGHTS = "reward_model.safetensors"
@@ -46,7 +46,8 @@ def save_reward_model(path: str, rm: RewardModel) -> str:
 
 def load_reward_model(path: str) -> RewardModel:
     """The :class:`RewardModel` written by :func:`save_reward_model` (errors name the folder and
-    what is missing)."""
+    what is missing). Files from before the blocks were stacked (``layers_0``, ``layers_1``...)
+    load into the stacked layout."""
     from safetensors.numpy import load_file
 
     for name in (CONFIG, WEIGHTS):
@@ -60,7 +61,7 @@ def load_reward_model(path: str) -> RewardModel:
         raise ValueError(f"{path}/{CONFIG}: 'model' must be one of {KINDS}, got {kind!r}")
     flat = load_file(os.path.join(path, WEIGHTS))
     tree = _unflatten({tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
-    model = tree.get("model")
+    model = stack_layer_modules(tree.get("model"))  # files written before the blocks were stacked
     if kind == "adapter":
         lora = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["lora"].items()})
         model = Adapter(model, lora)
