@@ -9,7 +9,7 @@ import pytest
 from rlhf_jax.lora import Adapter, LoraConfig, init_lora
 from rlhf_jax.model import Transformer, init_head
 from rlhf_jax.rollout import SamplingConfig
-from rlhf_jax.scoring import (Completions, EnsembleScorer, GapMonitor, RewardModel, ensemble_raw_scores,
+from rlhf_jax.scoring import (ClippedScorer, Completions, EnsembleScorer, GapMonitor, RewardModel, ensemble_raw_scores,
                               ensemble_scores, penalised_mean, raw_scores, reward_scores)
 from rlhf_jax.train import OptimConfig, PPOConfig, RunConfig, metric_stop, train_ppo
 from tests.trainer_fixtures import tiny_base, tiny_config, tiny_prompts, tiny_tokenizer
@@ -108,3 +108,19 @@ def test_monitor_logged_and_stop_rule_in_a_tiny_ppo_run(setup):
         assert r["score"] == pytest.approx(r["reward/mean"] - 0.5 * r["reward/std"], abs=1e-5)
         assert r["gap/optimised"] == pytest.approx(r["reward/mean"], abs=1e-5)  # the same members, same rollouts
         assert r["words"] >= 0 and {"reward/member_0", "reward/member_1", "gap/held_out_std"} <= set(r)
+
+
+def test_clipped_ensemble_reward_in_a_tiny_ppo_run(setup):
+    """A capped RL reward (the demo's ``reward_clip``): the critic still starts from the ensemble's
+    first member, every step's score respects the cap, the unclipped score and the members are logged."""
+    cfg, base, members, *_ = setup
+    config = PPOConfig(batch_size=8, mini_batch_size=8, critic_init="reward", sampling=SamplingConfig(max_new_tokens=6),
+                       kl_coef=0.05, policy_lora=LoraConfig(rank=2, alpha=4.0), optim=OptimConfig(learning_rate=3e-3),
+                       run=RunConfig(max_steps=2, progress=False))
+    reward = ClippedScorer(EnsembleScorer(cfg, members[:2], uncertainty_coef=0.5), high=-0.1)
+    rows = train_ppo(cfg, base, tiny_tokenizer(), tiny_prompts(32), reward, config).history
+    assert len(rows) == 2
+    for r in rows:
+        assert r["score"] <= -0.1 + 1e-6 and r["score"] <= r["reward/unclipped"] + 1e-6
+        assert r["reward/unclipped"] == pytest.approx(r["reward/mean"] - 0.5 * r["reward/std"], abs=1e-5)
+        assert 0.0 <= r["reward/clipped"] <= 1.0 and "reward/member_1" in r

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from rlhf_jax.scoring import (Completions, FunctionScorer, WeightedScorer, exact_match, length_target,
+from rlhf_jax.scoring import (ClippedScorer, Completions, FunctionScorer, WeightedScorer, exact_match, length_target,
                               normalize_answer, overlong_penalty, regex_match, torch_classifier)
 
 
@@ -70,6 +70,26 @@ def test_functions_compose_with_weights():
     # row 0: 1 + 0.5 * 0;  row 1: 0 + 0.5 * -(3 - 1)/1 = -1
     np.testing.assert_allclose(total, [1.0, -1.0])
     assert set(parts) == {"exact_match", "length_target"}
+
+
+def test_clipped_scorer_caps_scores_and_logs_the_unclipped_ones():
+    values = {"a": -2.0, "b": 0.3, "c": 1.5, "d": float("nan")}
+    inner = FunctionScorer(lambda ps, cs: [values[c] for c in cs], name="rm")
+    c = Completions(["p"] * 4, ["a", "b", "c", "d"], None, None)
+    score, parts = ClippedScorer(inner, high=1.0).score_and_parts(c, None)
+    # only 1.5 is above the cap; NaN stays NaN for the drivers' non-finite policy
+    np.testing.assert_array_equal(score, np.array([-2.0, 0.3, 1.0, np.nan], np.float32))
+    np.testing.assert_array_equal(parts["unclipped"], np.array([-2.0, 0.3, 1.5, np.nan], np.float32))
+    np.testing.assert_array_equal(parts["clipped"], [0.0, 0.0, 1.0, 0.0])
+    both = ClippedScorer(inner, low=-1.0, high=1.0)
+    np.testing.assert_array_equal(both(c, None)[:3], np.array([-1.0, 0.3, 1.0], np.float32))
+    assert both.name == "rm" and ClippedScorer(inner, high=0.0, name="capped").name == "capped"
+    with pytest.raises(ValueError, match="give low, high or both"):
+        ClippedScorer(inner)
+    with pytest.raises(ValueError, match="low must be below high"):
+        ClippedScorer(inner, low=1.0, high=1.0)
+    with pytest.raises(ValueError, match="high must be finite"):
+        ClippedScorer(inner, high=float("inf"))
 
 
 def test_torch_classifier_is_the_torch_logit(tmp_path):

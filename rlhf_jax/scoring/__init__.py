@@ -14,11 +14,11 @@ from rlhf_jax.scoring.loading import build_scorer, load_function, load_reward_sc
 from rlhf_jax.scoring.policy_samples import normalize_on_policy_samples
 from rlhf_jax.scoring.reward_model import (RewardModel, copy_tree, critic_from_reward, fold_head, hidden_states,
                                            normalize_on_samples, normalize_reward_model, raw_scores, reward_scores)
-from rlhf_jax.scoring.scorers import (Completions, FunctionScorer, ModelScorer, Scorer, TextFn, WeightedScorer,
+from rlhf_jax.scoring.scorers import (ClippedScorer, Completions, FunctionScorer, ModelScorer, Scorer, TextFn, WeightedScorer,
                                       as_scorer)
 
 __all__ = [
-    "Completions", "FunctionScorer", "HFClassifier", "HFClassifierScorer", "ModelScorer", "RewardModel", "Scorer",
+    "ClippedScorer", "Completions", "FunctionScorer", "HFClassifier", "HFClassifierScorer", "ModelScorer", "RewardModel", "Scorer",
     "TextFn", "WeightedScorer", "as_scorer", "build_scorer", "classifier_architecture", "copy_tree",
     "critic_from_reward", "fold_head", "hf_classifier_scores", "hidden_states", "load_function", "load_hf_classifier",
     "load_reward_model", "load_reward_scorer", "model_kind", "normalize_on_policy_samples", "normalize_on_samples",

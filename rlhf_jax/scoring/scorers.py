@@ -4,13 +4,14 @@
 
 An algorithm's step never sees a scorer: it takes ``scores [B]`` in its batch (or a user composes
 :func:`rlhf_jax.scoring.reward_scores` into their own jitted step). The RL drivers call a scorer
-between generation and the update. Three kinds, freely combined:
+between generation and the update. Kinds, freely combined:
 
 - :class:`ModelScorer`: a :class:`RewardModel` scored on the prompt + completion tokens (jitted
   once; over the policy's shared base when the reward model is an adapter);
 - :class:`FunctionScorer`: any Python ``fn(prompts, completions) -> floats`` (classifiers, rules,
   verifiers), on completions decoded without special tokens;
-- :class:`WeightedScorer`: a weighted sum of scorers, each part logged under its name.
+- :class:`WeightedScorer`: a weighted sum of scorers, each part logged under its name;
+- :class:`ClippedScorer`: another scorer's scores clipped (an upper bound: satisficing).
 
 Scores are returned as computed (non-finite values included): the drivers' non-finite policy
 decides what happens to them, so that a bad reward is counted and reported, never hidden.
@@ -119,6 +120,45 @@ class WeightedScorer(Scorer):
     def score_and_parts(self, completions: Completions, base: PyTree | None) -> tuple[np.ndarray, dict]:
         parts = self.parts(completions, base)
         return sum(w * parts[s.name] for s, w in self.items).astype(np.float32), parts
+
+
+class ClippedScorer(Scorer):
+    """A scorer's scores clipped to ``[low, high]`` (either bound optional).
+
+    An upper bound makes the RL objective *satisfice*: every completion scoring at or above
+    ``high`` earns the same reward, so the KL-penalised optimum (the reference reweighted by
+    ``exp(reward / beta)``) keeps all good answers in their reference proportions instead of piling
+    onto the few the reward model ranks highest, while bad answers are still pushed down in full.
+    :meth:`score_and_parts` returns the inner scorer's parts plus ``unclipped`` (the score before
+    clipping) and ``clipped`` (1.0 where a bound applied)."""
+
+    def __init__(self, scorer: Scorer, *, low: float | None = None, high: float | None = None,
+                 name: str | None = None):
+        if low is None and high is None:
+            raise ValueError("ClippedScorer: give low, high or both")
+        for key, v in (("low", low), ("high", high)):
+            if v is not None and not np.isfinite(v):
+                raise ValueError(f"ClippedScorer: {key} must be finite, got {v}")
+        if low is not None and high is not None and not low < high:
+            raise ValueError(f"ClippedScorer: low must be below high, got low={low}, high={high}")
+        self.inner, self.low, self.high = as_scorer(scorer), low, high
+        self.name = name or self.inner.name
+        self.reward_model = getattr(self.inner, "reward_model", None)
+
+    def score_and_parts(self, completions: Completions, base: PyTree | None) -> tuple[np.ndarray, dict]:
+        raw, parts = self.inner.score_and_parts(completions, base)
+        raw = np.asarray(raw, np.float32)
+        low = -np.inf if self.low is None else self.low
+        high = np.inf if self.high is None else self.high
+        score = np.clip(raw, low, high)  # NaN stays NaN: the drivers' non-finite policy must still see it
+        hit = (raw < low) | (raw > high)
+        return score.astype(np.float32), {**parts, "unclipped": raw, "clipped": hit.astype(np.float32)}
+
+    def parts(self, completions: Completions, base: PyTree | None) -> dict[str, np.ndarray]:
+        return self.score_and_parts(completions, base)[1]
+
+    def __call__(self, completions: Completions, base: PyTree | None) -> np.ndarray:
+        return self.score_and_parts(completions, base)[0]
 
 
 def as_scorer(reward: Scorer | TextFn, model_config: ModelConfig | None = None) -> Scorer:
