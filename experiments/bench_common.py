@@ -67,6 +67,20 @@ def add_common_args(p) -> None:
                         "machine; on an oversubscribed one its steps get 2-20x slower, erratically. PASSIVE: "
                         "threads sleep at once: steady under load, but ~1.5x slower when idle. ACTIVE spins "
                         "forever and then steals a core from our steps in between.")
+    p.add_argument("--layers", default="unrolled", choices=["unrolled", "scan"],
+                   help="how our CPU runs apply the blocks: 'unrolled' (ModelConfig(scan_layers=False); measured "
+                        "faster on these 4-block CPU models, README) or 'scan' (the library's default, which "
+                        "real-size models want: compile time and HLO size flat in depth). --gpu always scans.")
+
+
+def load_cpu_model(ckpt, layers: str):
+    """``load_pretrained`` for the CPU comparisons: our model over ``ckpt`` with its blocks unrolled
+    or scanned (``--layers``); the parameters and their layout are the same either way."""
+    from rlhf_jax.model import load_pretrained
+
+    if layers not in ("unrolled", "scan"):
+        raise ValueError(f"--layers must be 'unrolled' or 'scan', got {layers!r}")
+    return load_pretrained(ckpt, tokenizer=False, scan_layers=layers == "scan")
 
 
 def busy_warning() -> str:

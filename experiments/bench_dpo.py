@@ -208,8 +208,6 @@ def main(argv=None):
         return gpu_main(args, s)
     torch, threads = bc.start_torch(args.omp_wait_policy)
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.model import load_pretrained
-
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     lora = LoraConfig(rank=s.rank, alpha=2.0 * s.rank)
@@ -218,7 +216,7 @@ def main(argv=None):
         world = bc.build_world_dir(args.world_dir or Path(root) / "world")
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), max_positions=512, **shape)
-        cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
+        cfg, base, _ = bc.load_cpu_model(ckpt, args.layers)
         rows = token_pairs(world.tokenizer, [e.prompt + " " + e.completion for e in world.corpus], s)
         arrays = dpo_arrays(rows, cfg.pad_token_id)
         print(f"model: {cfg.num_params() / 1e6:.2f}M parameters (width {cfg.hidden_size}, {cfg.num_layers} blocks, "

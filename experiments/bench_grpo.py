@@ -287,9 +287,7 @@ def main(argv=None):
         tok = bc.load_world_tokenizer(world_dir)
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), max_positions=256, **shape)
-        from rlhf_jax.model import load_pretrained
-
-        cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
+        cfg, base, _ = bc.load_cpu_model(ckpt, args.layers)
         # enough prompts that no step repeats one; TRL visits them in order (shuffle off), ours in
         # its own seeded order: the same prompt set and lengths, which is what the cost depends on
         texts, ids = make_prompts(tok, s.prompts * total, s.prompt_len)

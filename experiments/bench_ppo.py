@@ -224,10 +224,8 @@ def load_pretrained_config(ckpt):
         return config_from_hf(json.load(f))
 
 
-def load_ours(ckpt, world_dir):
-    from rlhf_jax.model import load_pretrained
-
-    cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
+def load_ours(ckpt, world_dir, layers):
+    cfg, base, _ = bc.load_cpu_model(ckpt, layers)
     return cfg, base, bc.load_world_tokenizer(world_dir), world_prompts(world_dir)
 
 
@@ -329,7 +327,7 @@ def child(args):
 
         jax.devices()
         base_rss = bc.rss_now()
-        trainer = make_ours(args.child, *load_ours(args.ckpt, args.world), s, args.old_logprobs)
+        trainer = make_ours(args.child, *load_ours(args.ckpt, args.world, args.layers), s, args.old_logprobs)
         times = [ours_step(trainer, i)[0] for i in range(total)]
     bc.emit_result({"peak": bc.peak_rss(), "base": base_rss, "times": times,
                     "eps": s.batch / bc.median(times[s.warmup:])})
@@ -384,7 +382,7 @@ def main(argv=None):
         world = bc.build_world_dir(world_dir)
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
-        cfg, base, tok, prompts = load_ours(ckpt, world_dir)
+        cfg, base, tok, prompts = load_ours(ckpt, world_dir, args.layers)
         variants = [v for v in args.variants.split(",") if v]
         if "lora" not in variants:
             raise SystemExit("--variants must include lora")
@@ -418,14 +416,15 @@ def main(argv=None):
         if not args.no_memory:
             for v in ["trl", *variants]:
                 mem[v] = bc.run_child(SCRIPT, ["--child", v, "--ckpt", ckpt, "--world", str(world_dir),
-                                               "--old-logprobs", args.old_logprobs]
+                                               "--old-logprobs", args.old_logprobs, "--layers", args.layers]
                                       + (["--tiny"] if args.tiny else []) + (["--quick"] if args.quick else []))
             if not (args.no_big or args.tiny or args.quick):
                 big_ckpt = bc.build_checkpoint(Path(root) / "big", vocab=len(world.tokenizer), **BIG_SHAPE)
                 big_cfg = load_pretrained_config(big_ckpt)
                 for v in ("trl", *variants):
                     big[v] = bc.run_child(SCRIPT, ["--child", v, "--big", "--ckpt", big_ckpt, "--world",
-                                                   str(world_dir), "--old-logprobs", args.old_logprobs])
+                                                   str(world_dir), "--old-logprobs", args.old_logprobs,
+                                                   "--layers", args.layers])
     rates += bc.matmul_rate()
     peak = bc.median(rates)
     names = {"trl": "TRL 1.12 PPOTrainer (4 full models)", "lora": f"ours, LoRA r={s.rank} (one base)",

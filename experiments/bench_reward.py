@@ -219,7 +219,6 @@ def main(argv=None):
         return gpu_main(args, s)
     torch, threads = bc.start_torch(args.omp_wait_policy)
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.model import load_pretrained
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:
@@ -227,7 +226,7 @@ def main(argv=None):
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), max_positions=512 if s.prompt
                                    else 128, **shape)
-        cfg, base, _ = load_pretrained(ckpt, tokenizer=False)
+        cfg, base, _ = bc.load_cpu_model(ckpt, args.layers)
         arrays = long_prompt_arrays(world, s) if s.prompt else pair_arrays(world, s)
         ours = {"full": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr, steps=total),
                 "lora": OursReward(cfg, base, arrays, batch=s.batch, lr=s.lr, steps=total,

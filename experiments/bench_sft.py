@@ -175,7 +175,6 @@ def make_trl_packed(ckpt, tok, examples, *, rows: int, length: int, lr: float, t
 
 def packing_main(args, s: Setup):
     """Ours packed vs ours unpacked vs TRL packed, on length-skewed examples (module docstring)."""
-    from rlhf_jax.model import load_pretrained
     from rlhf_jax.train import SFTConfig, layout_examples
 
     bc.start_torch(args.omp_wait_policy)
@@ -185,7 +184,7 @@ def packing_main(args, s: Setup):
         tok = bc.build_world_dir(args.world_dir or Path(root) / "world").tokenizer
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(tok), max_positions=length, **shape)
-        cfg, params, _ = load_pretrained(ckpt, tokenizer=False)
+        cfg, params, _ = bc.load_cpu_model(ckpt, args.layers)
         examples = skewed_examples(256 if args.tiny else 2048, cfg.vocab_size, length=length)
         lens = np.array([len(x) for x, _ in examples])
         packed, report = layout_examples(examples, SFTConfig(max_length=length, packing=True), 0)
@@ -271,14 +270,13 @@ def main(argv=None):
         return packing_main(args, s)
     torch, threads = bc.start_torch(args.omp_wait_policy)
     from rlhf_jax.lora import LoraConfig
-    from rlhf_jax.model import load_pretrained
     rates = bc.matmul_rate()
     total = s.warmup + s.steps
     with tempfile.TemporaryDirectory() as root:
         world = bc.build_world_dir(args.world_dir or Path(root) / "world")
         shape = bc.TINY_SHAPE if args.tiny else bc.CPU_SHAPE
         ckpt = bc.build_checkpoint(Path(root) / "ckpt", vocab=len(world.tokenizer), **shape)
-        cfg, params, _ = load_pretrained(ckpt, tokenizer=False)
+        cfg, params, _ = bc.load_cpu_model(ckpt, args.layers)
         data = sft_data(world, s)
         real = float(data.attention_mask.sum(1).mean())
         ours = {"full": OursSFT(cfg, params, data, batch=s.batch, lr=s.lr, steps=total),
