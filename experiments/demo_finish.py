@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     no_kl_path = os.path.join(args.out, "ppo_no_kl", "policy.pkl")
     if args.part == "no_kl":
         hack = run_ppo(cfg, world, mc, sft_params, rewards, args.out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
-                       stages=stages, progress=False)
+                       stages=stages, progress=False, clip=False)
         with open(no_kl_path + ".tmp", "wb") as f:
             pickle.dump((jax.device_get(hack.state.params["policy"]), hack.history), f)
         os.replace(no_kl_path + ".tmp", no_kl_path)

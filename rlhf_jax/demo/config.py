@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from rlhf_jax.config_checks import at_least, check, in_range, one_of, positive
 from rlhf_jax.lora import LoraConfig
@@ -56,8 +57,14 @@ class DemoConfig:
     reward_members: int = 2
     """Reward models PPO optimises (seeds ``seed``, ``seed + 1``...): with more than one, the RL
     reward is their mean minus ``uncertainty_coef`` times their standard deviation."""
-    uncertainty_coef: float = 0.5
+    uncertainty_coef: float = 1.0
     """Weight of the members' disagreement subtracted from the RL reward."""
+    reward_clip: float | None = 0.3
+    """Upper bound of the RL reward (in the reward models' units: standard deviations of the SFT
+    model's samples above their mean): completions scoring above it all earn it, so the KL-penalised
+    policy keeps every good answer instead of the few ranked highest (``None``: unbounded). It caps
+    the KL-penalised PPO run's and the GRPO run's reward; the no-KL hacking run optimises the bare
+    reward (no guard at all) and the evaluation reports the unbounded reward."""
     monitor_members: int = 2
     """Further reward models, trained alike but never optimised: the over-optimisation monitor
     logs the gap between the optimised reward and their mean during PPO (0: no monitor)."""
@@ -76,9 +83,10 @@ class DemoConfig:
     """PPO learning rate (policy and critic adapters)."""
     entropy_coef: float = 0.0
     """PPO entropy bonus."""
-    kl_coef: float = 0.7
+    kl_coef: float = 0.5
     """KL coefficient of the main run (0.2 collapsed the policy onto a few answers per prompt family,
-    1.0 kept too little of the toxicity reduction: ``docs/demo_collapse.md``)."""
+    1.0 kept too little of the toxicity reduction; 0.5 with the reward capped at 0.3 and the
+    uncertainty penalty 1.0: ``docs/demo_collapse.md``)."""
     max_new_tokens: int = 24
     """Longest completion."""
     hacking_steps: int = 120
@@ -118,6 +126,7 @@ class DemoConfig:
         at_least(self, "reward_members", 1, integer=True)
         at_least(self, "monitor_members", 0, integer=True)
         at_least(self, "uncertainty_coef", 0)
+        check(self, "reward_clip", self.reward_clip is None or math.isfinite(self.reward_clip), "a finite number or None")
         positive(self, "gap_threshold")
         at_least(self, "kl_coef", 0)
         at_least(self, "entropy_coef", 0)

@@ -26,7 +26,8 @@ from rlhf_jax.demo.config import DemoConfig
 from rlhf_jax.demo.plots import plot_hacking, plot_overoptimisation
 from rlhf_jax.model import ModelConfig, Transformer
 from rlhf_jax.rollout import Sampler, SamplingConfig, sample_texts
-from rlhf_jax.scoring import EnsembleScorer, GapMonitor, ModelScorer, normalize_on_samples, save_reward_model
+from rlhf_jax.scoring import (ClippedScorer, EnsembleScorer, GapMonitor, ModelScorer, normalize_on_samples,
+                              save_reward_model)
 from rlhf_jax.train import (DPOConfig, GRPOConfig, OptimConfig, PPOConfig, RewardConfig, RunConfig, SFTConfig, metric_stop,
                             train_dpo, train_grpo, train_ppo, train_reward_ensemble, train_sft)
 
@@ -114,11 +115,14 @@ class RewardStage(NamedTuple):
         """The first optimised member's result (what the report's single-model lines show)."""
         return self.results[0]
 
-    def scorer(self, mc, cfg: DemoConfig):
-        """The RL reward: the one reward model, or the members' mean minus ``uncertainty_coef`` x std."""
+    def scorer(self, mc, cfg: DemoConfig, *, clip: bool = True):
+        """The RL reward: the one reward model, or the members' mean minus ``uncertainty_coef`` x std;
+        capped at ``cfg.reward_clip`` unless ``clip=False`` (the evaluation's reward)."""
         if len(self.optimised) == 1 and cfg.uncertainty_coef == 0:
-            return ModelScorer(mc, self.optimised[0])
-        return EnsembleScorer(mc, self.optimised, uncertainty_coef=cfg.uncertainty_coef)
+            scorer = ModelScorer(mc, self.optimised[0])
+        else:
+            scorer = EnsembleScorer(mc, self.optimised, uncertainty_coef=cfg.uncertainty_coef)
+        return ClippedScorer(scorer, high=cfg.reward_clip) if clip and cfg.reward_clip is not None else scorer
 
     def monitor(self, mc):
         """``{"overopt_gap": GapMonitor}`` (:data:`rlhf_jax.demo.claims.MONITOR`), or ``{}`` without
@@ -176,8 +180,11 @@ def gold_scorers() -> dict:
 
 
 def run_ppo(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage, out: str, name: str, *, kl_coef: float,
-            steps: int, stages: Stages, progress: bool):
-    res = train_ppo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts], rewards.scorer(mc, cfg),
+            steps: int, stages: Stages, progress: bool, clip: bool = True):
+    """One PPO run on the RL reward (capped at ``cfg.reward_clip`` unless ``clip=False``: the no-KL
+    hacking run optimises the bare reward, with no guard at all)."""
+    res = train_ppo(mc, sft_params, world.tokenizer, [p.text for p in world.train_prompts],
+                    rewards.scorer(mc, cfg, clip=clip),
                     PPOConfig(policy_lora=cfg.policy_lora, critic_init="reward", batch_size=cfg.ppo_batch_size,
                               mini_batch_size=cfg.ppo_batch_size // 2,
                               sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens), kl_coef=kl_coef,
@@ -244,7 +251,7 @@ def run_evaluation(cfg: DemoConfig, world, mc, sft_params, rewards: RewardStage,
     report = evaluate(models, reference=ref, tokenizer=world.tokenizer, prompts=prompts,
                       config=EvalConfig(sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
                                         samples_per_prompt=cfg.eval_samples, seed=cfg.seed + 7, progress=progress),
-                      reward=rewards.scorer(mc, cfg), toxicity=world.toxicity.prob_toxic,
+                      reward=rewards.scorer(mc, cfg, clip=False), toxicity=world.toxicity.prob_toxic,
                       scorers=gold_scorers(), on_topic=tw.on_topic_scores, groups=tw.prompt_family)
     edir = os.path.join(out, "eval")
     os.makedirs(edir, exist_ok=True)
@@ -274,7 +281,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
     ppo = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
                   stages=stages, progress=progress)
     hack = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
-                   stages=stages, progress=progress)
+                   stages=stages, progress=progress, clip=False)
     grpo = run_grpo(cfg, world, mc, sft.params, rewards, out, stages=stages, progress=progress) if cfg.grpo_steps else None
     dpo = run_dpo(cfg, world, mc, sft.params, pairs, out, stages=stages, progress=progress) if cfg.dpo_steps else None
     runs = {"ppo (KL %.2g)" % cfg.kl_coef: ppo.history, "ppo_no_kl (KL 0)": hack.history}

@@ -175,6 +175,9 @@ def reward_section(cfg, rewards, agreements: list[float]) -> list[str]:
     else:
         how = (f"PPO optimises the mean of reward models 0-{n_opt - 1} minus {cfg.uncertainty_coef:g} times their "
                "standard deviation (scored in one pass over the shared base).")
+    if cfg.reward_clip is not None:
+        how += (f" The KL-penalised run's reward is capped at {cfg.reward_clip:g} (every completion above it earns "
+                "the same); the no-KL run optimises the bare reward.")
     if rewards.held_out:
         how += (f" Reward models {n_opt}-{len(rewards.results) - 1} are never optimised: the over-optimisation monitor "
                 "logs the gap between the optimised reward and their mean during PPO.")
