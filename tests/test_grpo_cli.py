@@ -17,22 +17,22 @@ def count_w7(prompts, completions):
 '''
 
 
-def _files(tmp_path):
+def _files(tmp_path, field="prompt"):
     cfg = tiny_config()
     save_hf_folder(str(tmp_path / "base"), cfg, tiny_base(cfg), tokenizer=tiny_tokenizer())
     with open(tmp_path / "prompts.jsonl", "w") as f:
         for p in tiny_prompts(8):
-            f.write(json.dumps({"prompt": p, "answer": "w7"}) + "\n")
+            f.write(json.dumps({field: p, "answer": "w7"}) + "\n")
     (tmp_path / "reward.py").write_text(REWARD)
     return ["--model", str(tmp_path / "base"), "--prompts", str(tmp_path / "prompts.jsonl"),
             "--reward-fn", f"{tmp_path / 'reward.py'}:count_w7:1", "--answer-field", "answer"]
 
 
 def test_grpo_command_trains_and_saves(tmp_path, capsys):
-    common = _files(tmp_path)
+    common = _files(tmp_path, field="question")  # the prompts in another field: --prompt-field
     out = tmp_path / "run"
-    rc = main(["grpo", *common, "--out", str(out), "--answer-weight", "0.5", "--batch_size", "2",
-               "--group_size", "2", "--sampling.max_new_tokens", "4", "--policy_lora.rank", "2",
+    rc = main(["grpo", *common, "--prompt-field", "question", "--out", str(out), "--answer-weight", "0.5",
+               "--batch_size", "2", "--group_size", "2", "--sampling.max_new_tokens", "4", "--policy_lora.rank", "2",
                "--run.max_steps", "2", "--run.progress", "false", "--loss_type", "dr_grpo"])
     assert rc == 0
     text = capsys.readouterr().out

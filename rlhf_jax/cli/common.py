@@ -103,12 +103,20 @@ def load_data(args, attr: str, *, field: str | None = None):
     """The rows of the dataset named by ``args.<attr>`` (a JSONL/JSON/Parquet file or a
     ``save_to_disk`` folder, ``--split`` applied), errors naming the file and row. ``field``: the
     prompts are in this field instead of ``prompt`` (``--prompt-field``)."""
-    from rlhf_jax.data import DataError, Rows, load_rows
+    from rlhf_jax.data import DataError, load_rows
 
     path = getattr(args, attr)
     rows = load_rows(path, split=getattr(args, "split", None))
     if not len(rows):  # refused before the model is read or anything is written
         raise DataError(f"{rows.source}: the dataset holds no rows; give --{attr} a file with one example per row")
+    return prompt_rows(rows, field)
+
+
+def prompt_rows(rows, field: str | None):
+    """``rows`` with the prompts of ``field`` moved to ``prompt`` (``--prompt-field``); ``rows``
+    itself when ``field`` is ``None`` or ``"prompt"``."""
+    from rlhf_jax.data import DataError, Rows
+
     if field is None or field == "prompt":
         return rows
     renamed = []

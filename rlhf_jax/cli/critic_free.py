@@ -10,7 +10,7 @@ import json
 import os
 
 from rlhf_jax.cli.common import (add_data_flags, add_model_flags, add_reward_flags, chat_template_of, data_config,
-                                 load_data, load_model, with_run, write_config)
+                                 load_data, load_model, prompt_rows, with_run, write_config)
 from rlhf_jax.config_args import add_config_flags, config_from_args
 
 
@@ -61,7 +61,7 @@ def _cmd(config_cls, train_name: str):
 
         cfg = with_run(config_from_args(config_cls, args, config_file=args.config), args)
         raw = load_data(args, "prompts")
-        data = load_data(args, "prompts", field=args.prompt_field) if args.prompt_field != "prompt" else raw
+        data = prompt_rows(raw, args.prompt_field)  # the file read once; the answers stay in ``raw``
         mc, base, tok = load_model(args)
         reward = build_critic_free_reward(args, mc, base, tok, raw)
         write_config(args.out, cfg)
