@@ -27,7 +27,7 @@ import numpy as np
 from rlhf_jax import toyworld as tw
 from rlhf_jax.config_args import build_config
 from rlhf_jax.demo import DemoConfig
-from rlhf_jax.demo.pipeline import Stages, run_evaluation, run_feedback, run_ppo, run_reward, run_sft
+from rlhf_jax.demo.pipeline import Stages, run_evaluation, run_feedback, run_negatives, run_ppo, run_reward, run_sft
 from rlhf_jax.evaluate import compare
 from rlhf_jax.model import load_pretrained
 
@@ -93,7 +93,8 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         stages = Stages()
         samples, _, _, pairs, _, _ = run_feedback(cfg, world, mc, sft_params, out, stages)
-        rewards = run_reward(cfg, world, mc, sft_params, pairs, samples, out, stages, progress=False)
+        negatives, _ = run_negatives(cfg, pairs, out, stages)
+        rewards = run_reward(cfg, world, mc, sft_params, pairs, samples, out, stages, progress=False, negatives=negatives)
         ppo = run_ppo(cfg, world, mc, sft_params, rewards, out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
                       stages=stages, progress=False)
         report = run_evaluation(dataclasses.replace(cfg), world, mc, sft_params, rewards,

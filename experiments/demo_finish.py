@@ -30,7 +30,7 @@ from rlhf_jax import toyworld as tw
 from rlhf_jax.config_args import build_config
 from rlhf_jax.demo import DemoConfig
 from rlhf_jax.demo.claims import MONITOR, WINDOW
-from rlhf_jax.demo.pipeline import RewardStage, Stages, run_evaluation, run_feedback, run_ppo
+from rlhf_jax.demo.pipeline import RewardStage, Stages, run_evaluation, run_feedback, run_negatives, run_ppo
 from rlhf_jax.demo.plots import plot_hacking, plot_overoptimisation
 from rlhf_jax.demo.report import write_report
 from rlhf_jax.model import load_pretrained
@@ -75,7 +75,8 @@ def main(argv=None) -> None:
             pickle.dump((jax.device_get(hack.state.params["policy"]), hack.history), f)
         os.replace(no_kl_path + ".tmp", no_kl_path)
         return
-    _, _, stats, _, pairs_report, val_report = run_feedback(cfg, world, mc, sft_params, args.out, stages)
+    _, _, stats, pairs, pairs_report, val_report = run_feedback(cfg, world, mc, sft_params, args.out, stages)
+    _, negatives = run_negatives(cfg, pairs, args.out, stages)
     ppo = run_ppo(cfg, world, mc, sft_params, rewards, args.out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
                   stages=stages, progress=False)
     while not os.path.exists(no_kl_path):
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     stages.durations = {**{k: src_summary["stages_seconds"][k] for k in ("world", "sft", "reward")},
                         **stages.durations}
     write_report(args.out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
-                 validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report)
+                 validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report, negatives=negatives)
     stages.done("report", f"{args.out}/report.md")
 
 

@@ -66,6 +66,27 @@ def test_early_stopping_keeps_the_best_state_and_stops():
     assert _accuracy(cfg, base, tok, last, held) == pytest.approx(evals[-1]["eval_accuracy"])
 
 
+def test_train_only_pairs_are_trained_on_and_never_held_out():
+    cfg, tok = tiny_config(), tiny_tokenizer()
+    base, data = tiny_base(cfg), _pairs(noisy=True)
+    # a second, learnable rule that only the train-only pairs carry: w13 beats w12
+    extra = [{"prompt": f"w{i % 7}", "chosen": f"w{8 + i % 5} w13", "rejected": f"w{8 + i % 5} w12"} for i in range(48)]
+    config = RewardConfig(batch_size=16, max_length=8, eval_fraction=0.25, eval_every=10,
+                          optim=OptimConfig(learning_rate=1e-2), run=RunConfig(max_steps=30, progress=False, seed=1))
+    res = train_reward_model(cfg, base, tok, data, config, train_only=extra)
+    assert res.report.items == 64 + 48 and res.report.kept == 112
+    # the held-out and train-probe rows are the labelled data's, split as without train_only
+    order = np.random.default_rng(1).permutation(len(data))
+    held, train = [data[i] for i in order[:16]], [data[i] for i in order[16:]]
+    last = res.state.params._replace(gain=1.0, bias=0.0)
+    final = [r for r in res.history if "eval_accuracy" in r][-1]
+    assert _accuracy(cfg, base, tok, last, held) == pytest.approx(final["eval_accuracy"])
+    assert _accuracy(cfg, base, tok, last, train[:16]) == pytest.approx(final["train_accuracy"])
+    assert _accuracy(cfg, base, tok, last, extra) == 1.0  # trained on
+    with pytest.raises(ValueError, match='train_only takes preference pairs; it needs loss="pairwise"'):
+        train_reward_model(cfg, base, tok, [], RewardConfig(loss="ranking", max_length=8), train_only=extra)
+
+
 def test_ensemble_members_share_the_split_and_differ():
     cfg, tok = tiny_config(), tiny_tokenizer()
     base = tiny_base(cfg)

@@ -39,6 +39,10 @@ class DemoConfig:
     """How completions the labelers flag (nonsense, off topic) enter the preference pairs:
     ``"drop"`` every pair that has one, or rank them ``"last"``, below every ranked completion of
     their prompt (see :func:`rlhf_jax.feedback.feedback_to_pairs`)."""
+    negatives: float = 0.0
+    """Share of the distinct preferred completions that also enter the reward data as a pair with a
+    corrupted copy of themselves ranked below (shuffled, spliced with another prompt's answer, or
+    stuttered; :func:`rlhf_jax.feedback.add_corrupted_negatives`); 0: the labelers' pairs only."""
     reward_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)
     """The reward adapter over the SFT base."""
     reward_steps: int = 300
@@ -120,6 +124,7 @@ class DemoConfig:
         check(self, "grpo_group_size", self.ppo_batch_size % self.grpo_group_size == 0,
               f"a divisor of ppo_batch_size = {self.ppo_batch_size}")
         one_of(self, "flagged", ("drop", "last"))
+        in_range(self, "negatives", 0, 1)
         at_least(self, "reward_eval_every", 1, integer=True)
         at_least(self, "reward_early_stopping", 0, integer=True)
         in_range(self, "reward_label_smoothing", 0, 0.5, high_open=True)

@@ -140,11 +140,23 @@ def reward_config(cfg: DemoConfig, out: str, progress: bool) -> RewardConfig:
                                       progress=progress, resume="never"))
 
 
+def run_negatives(cfg: DemoConfig, pairs, out: str, stages: Stages):
+    """``(negatives, report)``: corrupted copies of the preferred completions ranked below them
+    (``cfg.negatives`` of them; saved to ``out/feedback/negatives.parquet``), or ``(None, None)``."""
+    if not cfg.negatives:
+        return None, None
+    negatives, report = fb.corrupted_negatives(pairs, fb.NegativesConfig(fraction=cfg.negatives, end=tw.EOS,
+                                                                        seed=cfg.seed))
+    fb.save_pairs(negatives, os.path.join(out, "feedback", "negatives.parquet"))
+    stages.done("negatives", report.summary() + " (reward training only, never held out)")
+    return negatives, report
+
+
 def run_reward(cfg: DemoConfig, world, mc, sft_params, pairs, samples, out: str, stages: Stages,
-               progress: bool) -> RewardStage:
+               progress: bool, negatives=None) -> RewardStage:
     tok = world.tokenizer
     results = train_reward_ensemble(mc, sft_params, tok, pairs, reward_config(cfg, out, progress),
-                                    members=cfg.reward_members + cfg.monitor_members)
+                                    members=cfg.reward_members + cfg.monitor_members, train_only=negatives)
     # normalise every member on the SFT model's own samples: mean 0, std 1 (one scale for all)
     flat_p = [p.text for p, s in zip(world.train_prompts, samples) for _ in s]
     flat_c = [c for s in samples for c in s]
@@ -277,7 +289,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
     if len(pairs) < 2 * cfg.reward_batch_size:
         raise RuntimeError(f"only {len(pairs)} preference pairs came out of the labeling ({pairs_report.summary()}); "
                            "the SFT model is too weak: raise sft_steps")
-    rewards = run_reward(cfg, world, mc, sft.params, pairs, samples, out, stages, progress)
+    negatives, negatives_report = run_negatives(cfg, pairs, out, stages)
+    rewards = run_reward(cfg, world, mc, sft.params, pairs, samples, out, stages, progress, negatives)
     ppo = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo", kl_coef=cfg.kl_coef, steps=cfg.ppo_steps,
                   stages=stages, progress=progress)
     hack = run_ppo(cfg, world, mc, sft.params, rewards, out, "ppo_no_kl", kl_coef=0.0, steps=cfg.hacking_steps,
@@ -302,6 +315,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: str = "runs/demo", *, progress
                    lora=policy.tree, lora_config=policy.config)
     stages.done("export", f"Hugging Face folders in {out}/export (sft, ppo_policy merged)")
     summary = write_report(out, cfg=cfg, stages=stages, sft=sft, stats=stats, pairs_report=pairs_report,
-                           validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report, grpo=grpo, dpo=dpo)
+                           validation=val_report, rewards=rewards, ppo=ppo, hack=hack, report=report, grpo=grpo, dpo=dpo,
+                           negatives=negatives_report)
     stages.done("report", f"{out}/report.md")
     return summary

@@ -219,7 +219,7 @@ def monitor_section(cfg, ppo_hist, hack_hist) -> list[str]:
 
 
 def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation, rewards, ppo, hack, report,
-                 grpo=None, dpo=None) -> dict:
+                 grpo=None, dpo=None, negatives=None) -> dict:
     agreements = [r.agreement for r in stats.table.rows if r.agreement is not None]
     checked = claims(report, ppo.history, hack.history, gap_threshold=cfg.gap_threshold)
     total = sum(stages.durations.values())
@@ -234,6 +234,8 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         f"{sft.eval.get('eval_perplexity', float('nan')):.3f}. Curves: `sft/sft_curves.png`.", "",
         "## Human feedback (simulated labelers)", "",
         f"Validation: {validation.summary()}", "", "```", stats.format(), "```", "",
+        *([f"Synthetic negatives (`feedback/negatives.parquet`): {negatives.summary()}, in the reward models' "
+           "training pairs only (the held-out accuracy below is on the labelers' pairs).", ""] if negatives else []),
         *reward_section(cfg, rewards, agreements),
         "## PPO", "",
         f"KL-penalised run: {len(ppo.history)} steps, beta {cfg.kl_coef}; no-KL run: {len(hack.history)} steps. "
@@ -257,6 +259,7 @@ def write_report(out: str, *, cfg, stages, sft, stats, pairs_report, validation,
         "stages_seconds": stages.durations,
         "sft": {"final_loss": sft.history[-1]["loss"], **sft.eval},
         "labeler_agreement": {r.labeler: r.agreement for r in stats.table.rows},
+        **({"negatives": dataclasses.asdict(negatives)} if negatives else {}),
         "reward_model": rewards.main.eval,
         "reward_models": [{"role": "optimised" if k < len(rewards.optimised) else "held_out", "best_step": r.best_step,
                            "steps": len(r.history), **r.eval} for k, r in enumerate(rewards.results)],

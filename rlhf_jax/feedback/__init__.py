@@ -28,6 +28,7 @@ from rlhf_jax.feedback.consensus import (
 )
 from rlhf_jax.feedback.errors import FeedbackError, ValidationReport
 from rlhf_jax.feedback.instructions import LABELER_INSTRUCTIONS_ID, labeler_instructions
+from rlhf_jax.feedback.negatives import NegativesConfig, NegativesReport, corrupted_negatives, corrupt
 from rlhf_jax.feedback.pairs import (
     PairsReport,
     RankingPairs,
@@ -84,6 +85,8 @@ __all__ = [
     "LabelerAgreement",
     "MESSAGES_FEATURE",
     "Message",
+    "NegativesConfig",
+    "NegativesReport",
     "PAIR_FEATURES",
     "PairBatch",
     "PairRecord",
@@ -103,6 +106,8 @@ __all__ = [
     "build_consensus",
     "consensus_of",
     "consensus_to_pairs",
+    "corrupt",
+    "corrupted_negatives",
     "detect_kind",
     "encode_pairs",
     "encode_rankings",

@@ -223,7 +223,7 @@ def preference_rows(arrays: dict, idx, pad_multiple: int) -> dict:
 
 
 def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: Any, config: RewardConfig, *,
-                       data_config: DataConfig = DataConfig()) -> RewardResult:
+                       data_config: DataConfig = DataConfig(), train_only: Any = None) -> RewardResult:
     """Train a reward model over ``base`` with :func:`make_reward` run by :func:`rlhf_jax.train.fit`.
 
     Args:
@@ -234,18 +234,31 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: A
         :func:`rlhf_jax.feedback.feedback_to_pairs`) or a list; for ``loss="ranking"``, ranked
         items (``prompt``, ``completions``, ``ranks``).
       data_config: ``format``, ``split``, ``chat_template`` of a preference dataset.
+      train_only: more preference pairs in any form ``data`` takes (``loss="pairwise"``), trained on
+        but never held out, so the held-out metrics stay ``data``'s (e.g. synthetic negatives:
+        :func:`rlhf_jax.feedback.corrupted_negatives`).
     """
     check_context(model_config, who="reward", max_length=config.max_length)
     data_report = None
+    n_data = None
     if config.loss == "pairwise":
         data, add_bos, data_report = preference_pairs(data, tokenizer, data_config=data_config)
+        if train_only is not None:
+            n_data = len(data)
+            data = data + preference_pairs(train_only, tokenizer, data_config=data_config)[0]
         arrays, report = encode_preferences(tokenizer, data, config, add_bos=add_bos)
+    elif train_only is not None:
+        raise ValueError('train_reward_model: train_only takes preference pairs; it needs loss="pairwise"')
     else:
         arrays, report = encode_preferences(tokenizer, data, config)
+    kept = np.asarray(report.kept_indices)
+    labelled = np.arange(len(kept)) if n_data is None else np.flatnonzero(kept < n_data)
+    extra = np.flatnonzero(kept >= n_data) if n_data is not None else np.zeros(0, int)
     n = arrays["input_ids"].shape[0]
-    n_eval = int(round(n * config.eval_fraction))
+    n_eval = int(round(len(labelled) * config.eval_fraction))
     split_seed = config.run.seed if config.split_seed is None else config.split_seed
-    order = np.random.default_rng(split_seed).permutation(n)
+    order = labelled[np.random.default_rng(split_seed).permutation(len(labelled))]
+    order = np.concatenate([order, extra])  # train-only rows after the held-out split
     train = {k: v[order[n_eval:]] for k, v in arrays.items()}
     held = {k: v[order[:n_eval]] for k, v in arrays.items()}
     train_probe = {k: v[:n_eval] for k, v in train.items()}  # the train accuracy's items
@@ -327,7 +340,7 @@ class BestKeeper:
 
 
 def train_reward_ensemble(model_config: ModelConfig, base: dict, tokenizer, data: Sequence[Any],
-                          config: RewardConfig, *, members: int) -> list[RewardResult]:
+                          config: RewardConfig, *, members: int, train_only: Any = None) -> list[RewardResult]:
     """``members`` reward models trained like :func:`train_reward_model` on the same data and the
     same held-out split (``config.split_seed``, else ``config.run.seed``), member ``k`` with run
     seed ``config.run.seed + k``: its own adapter and head initialisation and its own data order.
@@ -341,5 +354,5 @@ def train_reward_ensemble(model_config: ModelConfig, base: dict, tokenizer, data
         run = dataclasses.replace(config.run, seed=config.run.seed + k, out_dir=None if config.run.out_dir is None
                                   else f"{config.run.out_dir}/member_{k}")
         out.append(train_reward_model(model_config, base, tokenizer, data,
-                                      dataclasses.replace(config, split_seed=split, run=run)))
+                                      dataclasses.replace(config, split_seed=split, run=run), train_only=train_only))
     return out
