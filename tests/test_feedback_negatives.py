@@ -78,6 +78,14 @@ def test_every_distinct_preferred_completion_gets_one_corrupted_copy_ranked_belo
     assert "2 corrupted-negative pairs from 3 preferred completions" in report.summary()
 
 
+def test_nothing_to_corrupt_gives_an_empty_dataset_with_the_same_columns():
+    pairs = _pairs().filter(lambda r: r["chosen"] == "ok </s>")  # one word: nothing to corrupt
+    assert len(pairs) == 1
+    out, report = corrupted_negatives(pairs, NegativesConfig(end="</s>"))
+    assert len(out) == 0 and out.features == pairs.features
+    assert (report.completions, report.pairs, report.unchanged) == (1, 0, 1)
+
+
 def test_fraction_draws_about_that_share_and_is_seeded():
     rows = [{"prompt_id": f"p{i}", "prompt": f"prompt {i}", "chosen": f"good answer number {i} .",
              "rejected": "bad .", "agreement": 1.0, "margin": 1.0} for i in range(400)]

@@ -14,7 +14,8 @@ Corruptions work on whitespace-separated words, so any language and tokenizer:
   another prompt (text that starts on topic and wanders off);
 - ``"repeat"``: a random span of words said twice in a row (a stutter).
 
-A completion too short to change (one word) is skipped and counted.
+A completion that a corruption cannot change (one word; a splice when no other prompt has a
+preferred completion) gives no pair and is counted.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ class NegativesReport:
     by_kind: dict[str, int]
     """Pairs per corruption."""
     unchanged: int
-    """Completions drawn but too short to corrupt (skipped)."""
+    """Completions drawn but left as they were (one word, or a splice with no other prompt to take
+    an ending from): no pair."""
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.by_kind.items())
         return (f"{self.pairs} corrupted-negative pairs from {self.completions} preferred completions ({kinds}; "
-                f"{self.unchanged} too short to corrupt)")
+                f"{self.unchanged} left unchanged: one word, or no other prompt to splice with)")
 
 
 def corrupt(text: str, kind: str, rng: np.random.Generator, *, other: str = "", end: str | None = None) -> str:
@@ -120,7 +122,7 @@ def corrupted_negatives(pairs: datasets.Dataset | Sequence[dict], config: Negati
 
     Each distinct (prompt, chosen completion) is drawn with probability ``config.fraction`` and
     corrupted by a kind drawn from ``config.kinds``; a splice ends with a preferred completion of
-    another prompt. A copy identical to its original (too short) is skipped and counted.
+    another prompt. A copy identical to its original (module docstring) gives no pair and is counted.
     """
     base = pairs if isinstance(pairs, datasets.Dataset) else datasets.Dataset.from_list(list(pairs))
     seen: dict[tuple[str, str], dict] = {}
@@ -148,4 +150,6 @@ def corrupted_negatives(pairs: datasets.Dataset | Sequence[dict], config: Negati
         new.update({k: v for k, v in (("agreement", 1.0), ("margin", None)) if k in base.column_names})
         added.append(new)
     report = NegativesReport(completions=len(keys), pairs=len(added), by_kind=by_kind, unchanged=unchanged)
+    if not added:
+        return datasets.Dataset.from_dict({k: [] for k in base.column_names}, features=base.features), report
     return datasets.Dataset.from_list(added, features=base.features), report
