@@ -63,7 +63,7 @@ class DemoConfig:
     reward is their mean minus ``uncertainty_coef`` times their standard deviation."""
     uncertainty_coef: float = 1.0
     """Weight of the members' disagreement subtracted from the RL reward."""
-    reward_clip: float | None = 0.3
+    reward_clip: float | None = 0.1
     """Upper bound of the RL reward (in the reward models' units: standard deviations of the SFT
     model's samples above their mean): completions scoring above it all earn it, so the KL-penalised
     policy keeps every good answer instead of the few ranked highest (``None``: unbounded). It caps
@@ -79,18 +79,20 @@ class DemoConfig:
     """Apply that stop rule to the PPO runs (off: both run in full, so the figure shows them)."""
     policy_lora: LoraConfig = LoraConfig(rank=8, alpha=16.0)
     """The policy adapter."""
-    ppo_steps: int = 60
+    ppo_steps: int = 120
     """PPO steps of the KL-penalised run."""
     ppo_batch_size: int = 32
     """Episodes per PPO step."""
-    ppo_learning_rate: float = 2e-3
-    """PPO learning rate (policy and critic adapters)."""
+    ppo_learning_rate: float = 1e-3
+    """PPO learning rate (policy and critic adapters; both PPO runs). At 2e-3 and 60 steps the KL
+    run's per-family outcome changed from run to run (which family lost its on-topic rate); 1e-3 and
+    120 steps move it less and more evenly (``docs/demo_collapse.md``)."""
     entropy_coef: float = 0.0
     """PPO entropy bonus."""
     kl_coef: float = 0.5
     """KL coefficient of the main run (0.2 collapsed the policy onto a few answers per prompt family,
-    1.0 kept too little of the toxicity reduction; 0.5 with the reward capped at 0.3 and the
-    uncertainty penalty 1.0: ``docs/demo_collapse.md``)."""
+    1.0 kept too little of the toxicity reduction; 0.5 with the reward capped at 0.1, the
+    uncertainty penalty 1.0 and 120 steps at learning rate 1e-3: ``docs/demo_collapse.md``)."""
     max_new_tokens: int = 24
     """Longest completion."""
     hacking_steps: int = 120
