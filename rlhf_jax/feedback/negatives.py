@@ -130,6 +130,9 @@ def corrupted_negatives(pairs: datasets.Dataset | Sequence[dict], config: Negati
         pid = r.get("prompt_id")
         seen.setdefault((str(pid if pid is not None else r["prompt"]), _content(r["chosen"])), r)
     keys = list(seen)
+    of_prompt: dict[str, list[int]] = {}  # each prompt's positions in keys, ascending
+    for i, key in enumerate(keys):
+        of_prompt.setdefault(key[0], []).append(i)
     rng = np.random.default_rng([config.seed, 907])
     added: list[dict] = []
     by_kind = dict.fromkeys(config.kinds, 0)
@@ -138,8 +141,12 @@ def corrupted_negatives(pairs: datasets.Dataset | Sequence[dict], config: Negati
         if rng.random() >= config.fraction:
             continue
         kind = config.kinds[int(rng.integers(0, len(config.kinds)))]
-        others = [k for k in keys if k[0] != key[0]]
-        other = others[int(rng.integers(0, len(others)))][1] if others else ""
+        other = ""
+        if len(keys) > len(of_prompt[key[0]]):  # a uniform draw among the other prompts' completions
+            j = int(rng.integers(0, len(keys) - len(of_prompt[key[0]])))
+            for pos in of_prompt[key[0]]:
+                j += pos <= j
+            other = keys[j][1]
         text = corrupt(key[1], kind, rng, other=other, end=config.end)
         if text == key[1]:
             unchanged += 1

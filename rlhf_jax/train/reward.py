@@ -251,9 +251,9 @@ def train_reward_model(model_config: ModelConfig, base: dict, tokenizer, data: A
         raise ValueError('train_reward_model: train_only takes preference pairs; it needs loss="pairwise"')
     else:
         arrays, report = encode_preferences(tokenizer, data, config)
-    kept = np.asarray(report.kept_indices)
-    labelled = np.arange(len(kept)) if n_data is None else np.flatnonzero(kept < n_data)
-    extra = np.flatnonzero(kept >= n_data) if n_data is not None else np.zeros(0, int)
+    kept = np.asarray(report.kept_indices, dtype=int)
+    is_extra = kept >= n_data if n_data is not None else np.zeros(kept.shape, bool)
+    labelled, extra = np.flatnonzero(~is_extra), np.flatnonzero(is_extra)
     n = arrays["input_ids"].shape[0]
     n_eval = int(round(len(labelled) * config.eval_fraction))
     split_seed = config.run.seed if config.split_seed is None else config.split_seed
